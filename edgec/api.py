@@ -1,0 +1,340 @@
+"""The Python entry points: ``compile``, ``load`` and ``bench``.
+
+    result = edgec.compile("model.onnx", "out/", target="x86_64")
+    model = edgec.load("out/")
+    outputs = model(input=x)          # dict of numpy arrays by output name
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import platform
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from edgec import artifact, frontend, passes, targets, verify
+from edgec.errors import InvalidInputError, VerificationError
+from edgec.frontend import TensorSpec
+from edgec.report import latency
+
+__all__ = ["CompileResult", "CompiledModel", "bench", "compile", "load", "versions"]
+
+Log = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def versions() -> dict[str, str]:
+    import onnxruntime
+
+    from edgec import __version__, lower
+
+    return {
+        "edgec": __version__,
+        "tvm": lower.tvm_version(),
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def default_threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@dataclasses.dataclass
+class CompileResult:
+    output: Path
+    manifest: dict
+    report: dict
+
+
+class _Steps:
+    """Times the compile steps and reports each to the log as it starts and ends."""
+
+    def __init__(self, log: Log):
+        self.log, self.seconds = log, {}
+
+    def __call__(self, name: str, what: str):
+        return _Step(self, name, what)
+
+
+class _Step:
+    def __init__(self, steps: _Steps, name: str, what: str):
+        self.steps, self.name, self.what = steps, name, what
+
+    def __enter__(self):
+        self.steps.log(f"{self.what} ...")
+        self.t0 = time.perf_counter()
+
+    def __exit__(self, exc_type, *_):
+        dt = time.perf_counter() - self.t0
+        self.steps.seconds[self.name] = round(dt, 3)
+        if exc_type is None:
+            self.steps.log(f"{self.what}: done in {dt:.1f} s")
+
+
+def compile(  # noqa: A001 - the verb users expect: edgec.compile
+    model: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    target: str = "x86_64",
+    input_shapes: Mapping[str, Iterable[int]] | None = None,
+    force: bool = False,
+    skip_passes: Iterable[str] = (),
+    only_passes: Iterable[str] = (),
+    verify_result: bool = True,
+    verify_inputs: Mapping[str, np.ndarray] | None = None,
+    tolerance: float | None = None,
+    threads: int = 0,
+    bench: bool = True,
+    bench_runs: int = 50,
+    bench_budget_s: float = 10.0,
+    seed: int = 0,
+    log: Log = _quiet,
+) -> CompileResult:
+    """Compile an ONNX model into a deployable artifact directory ``output``.
+
+    Raises InvalidInputError (bad input), UnsupportedModelError (ops TVM cannot lower) or
+    VerificationError (results differ from onnxruntime beyond ``tolerance``); in every error case
+    ``output`` is left untouched.
+    """
+    out = Path(output)
+    tgt = targets.get(target)
+    artifact.check_destination(out, force)
+    pipeline = passes.select(skip_passes, only_passes)
+    threads = threads or default_threads()
+    precision = "fp32"
+    tolerance = verify.TOLERANCE[precision] if tolerance is None else tolerance
+    step = _Steps(log)
+
+    from edgec import lower
+
+    with step("import", f"import {model}"):
+        shapes = {k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()}
+        imported = frontend.import_model(model, shapes)
+        lower.check_supported(imported.model)  # fail early, listing every unsupported node
+    with step("passes", f"passes ({', '.join(p.name for p in pipeline) or 'none'})"):
+        optimized, pass_reports = passes.run_pipeline(imported.model, pipeline, seed=seed)
+    with step("build", f"build for {tgt.name}"):
+        executable = lower.build(optimized, tgt, threads)
+
+    with artifact.staging(out, force) as tmp:
+        with step("export", "export library"):
+            lower.export(executable, tmp / artifact.LIBRARY, tgt)
+            onnx.save(optimized, tmp / artifact.ONNX)
+        manifest = {
+            "format": artifact.FORMAT,
+            "library": artifact.LIBRARY,
+            "onnx": artifact.ONNX,
+            "inputs": [s.to_json() for s in imported.inputs],
+            "outputs": [s.to_json() for s in imported.outputs],
+            "target": {**tgt.to_json(), "tvm": lower.target_json(tgt, threads)},
+            "threads": threads,
+            "precision": precision,
+            "source": {
+                "path": str(Path(model).resolve()),
+                "sha256": imported.source_sha256,
+                "opset": imported.opset,
+                "producer": f"{imported.model.producer_name} {imported.model.producer_version}"
+                .strip(),
+                "nodes": len(imported.model.graph.node),
+            },
+            "passes": pass_reports,
+            "versions": versions(),
+            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        }
+        report: dict = {
+            "format": "edgec.report/1",
+            "model": Path(model).name,
+            "target": tgt.name,
+            "precision": precision,
+            "threads": threads,
+            "passes": pass_reports,
+        }
+        runnable = tgt.runs_here and lower.host_can_run(tgt)
+        if verify_result and not runnable:
+            report["verification"] = {"skipped": f"target {tgt.name} cannot run on this machine"}
+        elif verify_result:
+            with step("verify", "verify against onnxruntime"):
+                report["verification"] = _verify(
+                    tmp, imported, verify_inputs, tolerance, seed, threads
+                )
+            if not report["verification"]["passed"]:
+                raise VerificationError(_verification_message(report["verification"]), report)
+        else:
+            report["verification"] = {"skipped": "--no-verify"}
+        if bench and runnable:
+            with step("bench", "measure latency (edgec vs onnxruntime)"):
+                report["latency"] = _bench(
+                    tmp / artifact.LIBRARY, imported.model, imported.inputs, threads,
+                    runs=bench_runs, budget_s=bench_budget_s, seed=seed,
+                )  # fmt: skip
+        report["timings_s"] = step.seconds
+        artifact.write_json(tmp / artifact.MANIFEST, manifest)
+        artifact.write_json(tmp / artifact.REPORT, report)
+    log(f"wrote {out}")
+    return CompileResult(out, manifest, report)
+
+
+def _verify(
+    lib_dir: Path,
+    imported: frontend.ImportedModel,
+    given: Mapping[str, np.ndarray] | None,
+    tolerance: float,
+    seed: int,
+    threads: int,
+) -> dict:
+    if given:
+        verify.check_inputs(imported.inputs, given)
+        feeds, source = dict(given), "--verify-input"
+    else:
+        feeds, source = verify.random_inputs(imported.inputs, seed), f"random (seed {seed})"
+    expected = verify.reference_outputs(imported.model, feeds)
+    from edgec import lower
+
+    runtime = lower.Runtime(lib_dir / artifact.LIBRARY, threads)
+    actual = runtime.run([feeds[s.name] for s in imported.inputs])
+    metrics = verify.compare_all(dict(zip(expected, actual, strict=True)), expected)
+    worst = verify.worst(metrics)
+    return {
+        "inputs": source,
+        "reference": "onnxruntime (graph optimizations off) on the source model",
+        "tolerance": tolerance,
+        "passed": bool(worst["scaled_err"] <= tolerance),
+        "outputs": metrics,
+        "max_abs_err": max(m.get("max_abs_err", np.inf) for m in metrics.values()),
+        "max_rel_err": max(m.get("max_rel_err", np.inf) for m in metrics.values()),
+        "min_cosine": min(m.get("cosine", -1.0) for m in metrics.values()),
+        "scaled_err": worst["scaled_err"],
+    }
+
+
+def _verification_message(v: dict) -> str:
+    lines = [f"verification failed: outputs differ from onnxruntime (tolerance {v['tolerance']:g})"]
+    for name, m in v["outputs"].items():
+        if "shape_mismatch" in m:
+            lines.append(f"  {name}: shape {m['shape_mismatch'][0]} vs {m['shape_mismatch'][1]}")
+        elif m.get("nonfinite_mismatch"):
+            lines.append(f"  {name}: NaN/Inf where onnxruntime has finite values (or vice versa)")
+        else:
+            flag = "FAIL" if m["scaled_err"] > v["tolerance"] else "ok"
+            lines.append(
+                f"  {name}: scaled err {m['scaled_err']:.3g}, max abs err {m['max_abs_err']:.3g}, "
+                f"cosine {m['cosine']:.6f} [{flag}]"
+            )
+    return "\n".join(lines)
+
+
+def _bench(
+    library: Path,
+    model: onnx.ModelProto,
+    inputs: list[TensorSpec],
+    threads: int,
+    *,
+    runs: int,
+    budget_s: float,
+    seed: int,
+) -> dict:
+    from edgec import lower
+
+    feeds = verify.random_inputs(inputs, seed)
+    runtime = lower.Runtime(library, threads)
+    session = verify.ort_session(model, optimize=True, threads=threads)
+    run_edgec = runtime.prepare([feeds[s.name] for s in inputs])
+    engines = {"edgec": run_edgec, "onnxruntime": lambda: session.run(None, feeds)}
+    result = latency.measure(engines, runs=runs, budget_s=budget_s)
+    ratio = result["edgec"]["p50_ms"] / result["onnxruntime"]["p50_ms"]
+    return {
+        "threads": threads,
+        "method": "interleaved rounds (one call per engine per round), after warm-up",
+        "onnxruntime_config": "CPUExecutionProvider, ORT_ENABLE_ALL, same thread count",
+        **result,
+        "edgec_vs_onnxruntime_p50": ratio,
+    }
+
+
+class CompiledModel:
+    """A compiled artifact loaded for inference: ``model(**inputs) -> {output name: array}``."""
+
+    def __init__(self, path: str | os.PathLike, threads: int = 0):
+        from edgec import lower
+
+        self.path = Path(path)
+        self.manifest = artifact.read_manifest(self.path)
+        self.inputs = [TensorSpec.from_json(d) for d in self.manifest["inputs"]]
+        self.outputs = [TensorSpec.from_json(d) for d in self.manifest["outputs"]]
+        tgt = targets.get(self.manifest["target"]["name"])
+        if not (tgt.runs_here and lower.host_can_run(tgt)):
+            raise InvalidInputError(
+                f"{self.path} was compiled for {tgt.name}, which cannot run on this machine"
+            )
+        self.threads = threads or self.manifest.get("threads", 0)
+        self._runtime = lower.Runtime(self.path / self.manifest["library"], self.threads)
+
+    def __call__(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
+        return self.run(inputs)
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        verify.check_inputs(self.inputs, inputs)
+        outs = self._runtime.run([np.asarray(inputs[s.name]) for s in self.inputs])
+        return {spec.name: arr for spec, arr in zip(self.outputs, outs, strict=True)}
+
+
+def load(path: str | os.PathLike, threads: int = 0) -> CompiledModel:
+    """Load an artifact directory written by :func:`compile`."""
+    return CompiledModel(path, threads)
+
+
+def bench(
+    path: str | os.PathLike,
+    *,
+    threads: int = 0,
+    runs: int = 50,
+    budget_s: float = 10.0,
+    seed: int = 0,
+    reference: bool = True,
+) -> dict:
+    """Measure an artifact's latency, and onnxruntime's on the same model in the same run.
+
+    onnxruntime runs the source model when it is still where it was compiled from (same sha256),
+    else the artifact's optimized ``model.onnx``; the report says which.
+    """
+    model = load(path, threads)
+    threads = model.threads
+    feeds = verify.random_inputs(model.inputs, seed)
+    engines = {"edgec": model._runtime.prepare([feeds[s.name] for s in model.inputs])}
+    result: dict = {"threads": threads}
+    if reference:
+        source, which = _reference_model(model)
+        session = verify.ort_session(source, optimize=True, threads=threads)
+        engines["onnxruntime"] = lambda: session.run(None, feeds)
+        result["onnxruntime_model"] = which
+    result.update(latency.measure(engines, runs=runs, budget_s=budget_s))
+    if reference:
+        result["edgec_vs_onnxruntime_p50"] = (
+            result["edgec"]["p50_ms"] / result["onnxruntime"]["p50_ms"]
+        )
+    return result
+
+
+def _reference_model(model: CompiledModel) -> tuple[onnx.ModelProto | Path, str]:
+    src = model.manifest["source"]
+    path = Path(src["path"])
+    if path.is_file():
+        try:
+            _, sha = frontend.load(path)
+        except InvalidInputError:
+            sha = None
+        if sha == src["sha256"]:
+            return path, f"source ({path})"
+    return model.path / model.manifest["onnx"], "optimized model.onnx (source model not found)"

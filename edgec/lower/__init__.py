@@ -1,0 +1,211 @@
+"""Lowering through Apache TVM (Relax): the only part of edgec that imports tvm.
+
+``build`` imports the static-shape ONNX graph into Relax, runs the ``zero`` pipeline (legalize,
+constant folding, operator fusion) plus dlight's CPU reduction rules, and compiles for the target.
+``Runtime`` loads an exported library into a Relax VM and runs it on numpy arrays.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from edgec.errors import UnsupportedModelError
+from edgec.targets import Target
+
+# x86 SIMD features that a CPU name implies but a VM may mask: disabled explicitly when the host
+# lacks them, so a "znver4" guest without AVX-512 does not get AVX-512 code.
+_X86_SIMD = (
+    "avx", "avx2", "fma", "f16c", "avx512f", "avx512dq", "avx512cd", "avx512bw", "avx512vl",
+    "avx512vnni", "avx512bf16", "avx512ifma", "avx512vbmi", "avx512vbmi2", "avx512bitalg",
+    "avx512vpopcntdq", "avx512fp16", "avxvnni", "amx-tile", "amx-int8", "amx-bf16",
+)  # fmt: skip
+_ONNX_DOMAINS = ("", "ai.onnx")
+
+
+def _tvm():
+    os.environ.setdefault("TVM_LOG_DEBUG", "0")
+    import tvm
+
+    return tvm
+
+
+def tvm_version() -> str:
+    return _tvm().__version__
+
+
+def host_cpu() -> dict:
+    """LLVM's name for this CPU and the SIMD features it really has (as LLVM detects them)."""
+    import tvm_ffi
+
+    _tvm()
+    name = str(tvm_ffi.get_global_func("tvm.codegen.llvm.GetHostCPUName")())
+    features = tvm_ffi.get_global_func("tvm.codegen.llvm.GetHostCPUFeatures")()
+    have = {str(k) for k, v in features.items() if bool(v)}
+    return {
+        "mcpu": name,
+        "mattr": [f"-{f}" for f in _X86_SIMD if f in features and f not in have],
+        "simd": sorted(f for f in _X86_SIMD if f in have),
+    }
+
+
+def host_can_run(target: Target) -> bool:
+    """Whether code for ``target`` executes on this machine (architecture and CPU features)."""
+    if not target.runs_here:
+        return False
+    if not target.requires:
+        return True
+    import tvm_ffi
+
+    _tvm()
+    features = tvm_ffi.get_global_func("tvm.codegen.llvm.GetHostCPUFeatures")()
+    return all(f in features and bool(features[f]) for f in target.requires)
+
+
+def target_json(target: Target, threads: int) -> dict:
+    """The TVM target (JSON dict form) for an edgec target."""
+    mcpu, mattr = target.mcpu, list(target.mattr)
+    if mcpu == "host":
+        host = host_cpu()
+        mcpu, mattr = host["mcpu"], mattr + host["mattr"]
+    spec: dict = {"kind": "llvm", "mtriple": target.mtriple, "mcpu": mcpu, "num-cores": threads}
+    if mattr:
+        spec["mattr"] = mattr
+    return spec
+
+
+def _convert_map() -> Mapping:
+    _tvm()
+    from tvm.relax.frontend.onnx import onnx_frontend
+
+    return onnx_frontend._get_convert_map()
+
+
+def _all_nodes(graph: onnx.GraphProto, prefix: str = ""):
+    for node in graph.node:
+        yield prefix, node
+        for attr in node.attribute:
+            subgraphs = list(attr.graphs) + ([attr.g] if attr.HasField("g") else [])
+            for sub in subgraphs:
+                yield from _all_nodes(sub, f"{prefix}{node.name or node.op_type}/")
+
+
+def unsupported_nodes(model: onnx.ModelProto) -> list[dict]:
+    """Every node TVM's ONNX importer has no converter for (all of them, not only the first)."""
+    known = set(_convert_map()) | {"Constant", "If"}
+    found = []
+    for prefix, node in _all_nodes(model.graph):
+        if node.domain not in _ONNX_DOMAINS or node.op_type not in known:
+            found.append(
+                {
+                    "op_type": node.op_type,
+                    "domain": node.domain or "ai.onnx",
+                    "node": prefix + (node.name or f"<unnamed {node.op_type}>"),
+                }
+            )
+    return found
+
+
+def check_supported(model: onnx.ModelProto) -> None:
+    nodes = unsupported_nodes(model)
+    if nodes:
+        by_op: dict[str, list[str]] = {}
+        for n in nodes:
+            key = n["op_type"] if n["domain"] == "ai.onnx" else f"{n['domain']}.{n['op_type']}"
+            by_op.setdefault(key, []).append(n["node"])
+        lines = [f"  {op} ({len(names)}): {', '.join(names)}" for op, names in by_op.items()]
+        raise UnsupportedModelError(
+            f"the model uses {len(by_op)} unsupported op type(s) in {len(nodes)} node(s):\n"
+            + "\n".join(lines),
+            nodes,
+        )
+
+
+def to_relax(model: onnx.ModelProto):
+    """Import an ONNX model into a Relax IRModule (weights as constants)."""
+    check_supported(model)
+    _tvm()
+    import tvm
+    from tvm.relax.frontend.onnx import from_onnx
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return from_onnx(model, keep_params_in_input=False)
+    except (tvm.error.OpNotImplemented, tvm.error.OpAttributeUnImplemented, NotImplementedError) as e:
+        raise UnsupportedModelError(f"TVM's ONNX importer does not support this model: {e}") from e
+    except (tvm.error.TVMError, ValueError, KeyError, TypeError, AssertionError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UnsupportedModelError(f"TVM's ONNX importer failed on this model: {first}") from e
+
+
+def build(model: onnx.ModelProto, target: Target, threads: int):
+    """Compile to a Relax executable for ``target``."""
+    tvm = _tvm()
+    from tvm import relax
+    from tvm.relax import transform
+    from tvm.s_tir import dlight
+
+    mod = to_relax(model)
+    tgt = tvm.target.Target(target_json(target, threads))
+    with tgt:
+        mod = transform.DecomposeOpsForInference()(mod)
+        mod = transform.CanonicalizeBindings()(mod)
+        mod = relax.get_pipeline("zero")(mod)
+        mod = dlight.ApplyDefaultSchedule(dlight.cpu.GEMV(), dlight.cpu.Reduction())(mod)
+    return tvm.compile(mod, target=tgt)
+
+
+def export(executable, path: Path, target: Target) -> None:
+    """Write the executable as a shared library that the TVM runtime can load."""
+    if target.runs_here:
+        executable.export_library(str(path))
+    else:
+        from tvm.support import cc
+
+        executable.export_library(
+            str(path), fcompile=cc.cross_compiler(f"{target.mtriple.split('-')[0]}-linux-gnu-g++")
+        )
+
+
+def set_threads(threads: int) -> None:
+    """Size TVM's CPU thread pool (0 = TVM's default: one thread per core)."""
+    import tvm_ffi
+
+    _tvm()
+    if threads > 0:
+        tvm_ffi.get_global_func("runtime.config_threadpool")(0, threads)
+
+
+class Runtime:
+    """A compiled model loaded into a Relax VM; call with arrays in input order."""
+
+    def __init__(self, library: Path, threads: int = 0):
+        tvm = _tvm()
+        from tvm import relax
+
+        set_threads(threads)
+        self._tvm = tvm
+        self._device = tvm.cpu()
+        self._vm = relax.VirtualMachine(tvm.runtime.load_module(str(library)), self._device)
+        self._main = self._vm["main"]
+
+    def run(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+        args = [self._tvm.runtime.tensor(np.ascontiguousarray(a), self._device) for a in arrays]
+        return [t.numpy() for t in _flatten(self._main(*args))]
+
+    def prepare(self, arrays: Sequence[np.ndarray]):
+        """A zero-argument callable running the model on pre-uploaded inputs (for timing)."""
+        args = [self._tvm.runtime.tensor(np.ascontiguousarray(a), self._device) for a in arrays]
+        return lambda: self._main(*args)
+
+
+def _flatten(value) -> list:
+    if hasattr(value, "numpy"):
+        return [value]
+    return [t for item in value for t in _flatten(item)]

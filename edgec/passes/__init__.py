@@ -1,0 +1,90 @@
+"""Rewrite passes on the ONNX graph, in an explicit order, each verified in onnxruntime.
+
+``run_pipeline`` runs the passes in ``PASSES`` order. After each pass that changed the graph, the
+graph before and after are run in onnxruntime (all graph optimizations off) on seeded random
+inputs; a pass whose outputs differ beyond the tolerance is reverted and reported, never shipped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+
+import onnx
+
+from edgec import verify
+from edgec.errors import InvalidInputError
+from edgec.frontend import signature
+from edgec.passes.base import Pass, PassResult
+from edgec.passes.simplify import Simplify
+
+PASSES: tuple[Pass, ...] = (Simplify(),)
+
+# A rewrite may change rounding, not results: max |after - before| / max |before| per output.
+PASS_TOLERANCE = 1e-4
+
+__all__ = ["PASSES", "Pass", "PassResult", "get", "run_pipeline", "select"]
+
+
+def get(name: str) -> Pass:
+    for p in PASSES:
+        if p.name == name:
+            return p
+    raise InvalidInputError(
+        f"unknown pass {name!r}; known passes: {', '.join(p.name for p in PASSES)}"
+    )
+
+
+def select(skip: Iterable[str] = (), only: Iterable[str] = ()) -> tuple[Pass, ...]:
+    """The pipeline with ``skip`` removed, or only the passes in ``only`` (in pipeline order)."""
+    skip, only = [get(n).name for n in skip], [get(n).name for n in only]
+    if skip and only:
+        raise InvalidInputError("--skip-pass and --only-pass cannot be combined")
+    return tuple(p for p in PASSES if p.name not in skip and (not only or p.name in only))
+
+
+def run_pipeline(
+    model: onnx.ModelProto, passes: Sequence[Pass], *, seed: int = 0, verify_passes: bool = True
+) -> tuple[onnx.ModelProto, list[dict]]:
+    """Run ``passes`` in order; returns the final model and one report entry per pass."""
+    inputs, _ = signature(model)
+    feeds = verify.random_inputs(inputs, seed)
+    reference = None
+    reports = []
+    for p in passes:
+        t0 = time.perf_counter()
+        nodes_before = len(model.graph.node)
+        result = p(model)
+        entry: dict = {
+            "name": p.name,
+            "stats": result.stats,
+            "declined": result.declined,
+            "nodes_before": nodes_before,
+            "nodes_after": len(result.model.graph.node),
+        }
+        if not result.changed:
+            entry["status"] = "unchanged"
+        elif not verify_passes:
+            entry["status"] = "applied (unverified)"
+            model = result.model
+        else:
+            if reference is None:
+                reference = verify.reference_outputs(model, feeds)
+            try:
+                outputs = verify.run_onnxruntime(result.model, feeds)
+                metrics = verify.compare_all(outputs, reference)
+                err = verify.worst(metrics)["scaled_err"]
+                problem = None if err <= PASS_TOLERANCE else f"scaled error {err:.3g}"
+            except Exception as e:  # the rewritten graph does not even run: revert it
+                err, problem = float("inf"), f"rewritten graph fails in onnxruntime: {e}"
+            entry["verify_scaled_err"] = err
+            if problem:
+                entry["status"] = "reverted"
+                entry["reason"] = f"{problem} > tolerance {PASS_TOLERANCE:g}"
+                entry["nodes_after"] = nodes_before
+            else:
+                entry["status"] = "applied"
+                model, reference = result.model, outputs
+        entry["seconds"] = round(time.perf_counter() - t0, 3)
+        reports.append(entry)
+    return model, reports

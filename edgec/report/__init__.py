@@ -1,0 +1,1 @@
+"""The compile report: latency statistics, report.json, and the human summary."""

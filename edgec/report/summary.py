@@ -1,0 +1,47 @@
+"""A short human summary of report.json, for the terminal."""
+
+from __future__ import annotations
+
+
+def _fmt_ms(ms: float) -> str:
+    return f"{ms:.3g} ms" if ms < 100 else f"{ms:.0f} ms"
+
+
+def summary(report: dict) -> str:
+    lines = [f"{report.get('model', 'model')} -> {report['target']} ({report['precision']}, "
+             f"{report['threads']} threads)"]  # fmt: skip
+    applied = [p for p in report.get("passes", []) if p["status"].startswith("applied")]
+    reverted = [p for p in report.get("passes", []) if p["status"] == "reverted"]
+    if report.get("passes"):
+        text = ", ".join(f"{p['name']} ({p['nodes_before']}->{p['nodes_after']} nodes)"
+                         for p in applied) or "none changed the graph"  # fmt: skip
+        lines.append(f"  passes:    {text}")
+        for p in reverted:
+            lines.append(f"  REVERTED:  {p['name']}: {p['reason']}")
+    v = report.get("verification", {})
+    if "skipped" in v:
+        lines.append(f"  accuracy:  not verified ({v['skipped']})")
+    elif v:
+        verdict = "PASS" if v["passed"] else "FAIL"
+        lines.append(
+            f"  accuracy:  {verdict} vs onnxruntime: cosine {v['min_cosine']:.6f}, "
+            f"max abs err {v['max_abs_err']:.2g}, scaled err {v['scaled_err']:.2g} "
+            f"(tolerance {v['tolerance']:g}; inputs {v['inputs']})"
+        )
+    lat = report.get("latency")
+    if lat:
+        e, o = lat["edgec"], lat["onnxruntime"]
+        ratio = lat["edgec_vs_onnxruntime_p50"]
+        verdict = f"{1 / ratio:.2f}x faster" if ratio < 1 else f"{ratio:.1f}x slower"
+        lines.append(
+            f"  latency:   edgec p50 {_fmt_ms(e['p50_ms'])} (p90 {_fmt_ms(e['p90_ms'])}, "
+            f"p99 {_fmt_ms(e['p99_ms'])}, {e['runs']} runs) vs onnxruntime p50 "
+            f"{_fmt_ms(o['p50_ms'])}: edgec is {verdict}"
+        )
+        noisy = [name for name in ("edgec", "onnxruntime") if lat[name]["noisy"]]
+        if noisy:
+            lines.append(f"  note:      noisy measurement ({', '.join(noisy)}: stddev > 10 % of mean)")
+    if "timings_s" in report:
+        t = report["timings_s"]
+        lines.append("  time:      " + ", ".join(f"{k} {v:.1f} s" for k, v in t.items()))
+    return "\n".join(lines)
