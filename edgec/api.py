@@ -1,8 +1,8 @@
 """The Python entry points: ``compile``, ``load`` and ``bench``.
 
-    result = edgec.compile("model.onnx", "out/", target="x86_64")
-    model = edgec.load("out/")
-    outputs = model(input=x)          # dict of numpy arrays by output name
+result = edgec.compile("model.onnx", "out/", target="x86_64")
+model = edgec.load("out/")
+outputs = model(input=x)          # dict of numpy arrays by output name
 """
 
 from __future__ import annotations
@@ -145,8 +145,7 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
                 "path": str(Path(model).resolve()),
                 "sha256": imported.source_sha256,
                 "opset": imported.opset,
-                "producer": f"{imported.model.producer_name} {imported.model.producer_version}"
-                .strip(),
+                "producer": _producer(imported.model),
                 "nodes": len(imported.model.graph.node),
             },
             "passes": pass_reports,
@@ -184,6 +183,10 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
         artifact.write_json(tmp / artifact.REPORT, report)
     log(f"wrote {out}")
     return CompileResult(out, manifest, report)
+
+
+def _producer(model: onnx.ModelProto) -> str:
+    return f"{model.producer_name} {model.producer_version}".strip()
 
 
 def _verify(

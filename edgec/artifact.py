@@ -73,7 +73,9 @@ def read_manifest(out: Path) -> dict:
     try:
         manifest = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise InvalidInputError(f"{out}: not an edgec artifact (cannot read {MANIFEST}: {e})") from e
+        raise InvalidInputError(
+            f"{out}: not an edgec artifact (cannot read {MANIFEST}: {e})"
+        ) from e
     if manifest.get("format") != FORMAT:
         raise InvalidInputError(
             f"{out}: unsupported artifact format {manifest.get('format')!r} (expected {FORMAT})"

@@ -55,21 +55,39 @@ def _load_inputs(items: tuple[str, ...]) -> dict[str, np.ndarray]:
 @click.argument("model", metavar="MODEL.onnx")
 @click.option("-o", "--output", required=True, metavar="OUT/", help="Artifact directory.")
 @click.option("-t", "--target", default="x86_64", show_default=True, help="See `edgec targets`.")
-@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=D1,D2,...",
-              help="Static shape for an input with dynamic dims (repeatable).")
+@click.option(
+    "--input-shape",
+    "input_shapes",
+    multiple=True,
+    metavar="NAME=D1,D2,...",
+    help="Static shape for an input with dynamic dims (repeatable).",
+)
 @click.option("--force", is_flag=True, help="Replace OUT/ if it exists.")
 @click.option("--skip-pass", multiple=True, metavar="NAME", help="Do not run this pass.")
 @click.option("--only-pass", multiple=True, metavar="NAME", help="Run only these passes.")
 @click.option("--no-verify", is_flag=True, help="Skip the comparison with onnxruntime.")
-@click.option("--verify-input", multiple=True, metavar="NAME=x.npy",
-              help="Verify on these inputs instead of seeded random ones (or one .npz).")
-@click.option("--tolerance", type=float, default=None,
-              help="Max allowed max|edgec-ort|/max|ort| per output [fp32: 1e-4].")
+@click.option(
+    "--verify-input",
+    multiple=True,
+    metavar="NAME=x.npy",
+    help="Verify on these inputs instead of seeded random ones (or one .npz).",
+)
+@click.option(
+    "--tolerance",
+    type=float,
+    default=None,
+    help="Max allowed max|edgec-ort|/max|ort| per output [fp32: 1e-4].",
+)
 @click.option("--threads", type=int, default=0, help="CPU threads [all cores].")
 @click.option("--no-bench", is_flag=True, help="Skip the latency measurement.")
 @click.option("--bench-runs", type=int, default=50, show_default=True)
-@click.option("--bench-budget", type=float, default=10.0, show_default=True,
-              help="Seconds of timing after which measurement stops (at least 5 runs).")
+@click.option(
+    "--bench-budget",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="Seconds of timing after which measurement stops (at least 5 runs).",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of random inputs.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json on stdout.")
 @click.pass_obj
@@ -101,8 +119,14 @@ def compile(obj: _Context, model, output, target, input_shapes, force, skip_pass
 
 @cli.command(epilog=EXIT_CODES)
 @click.argument("artifact_dir", metavar="OUT/")
-@click.option("-i", "--input", "inputs", multiple=True, metavar="NAME=x.npy",
-              help="An input array (repeatable), or one .npz with arrays by input name.")
+@click.option(
+    "-i",
+    "--input",
+    "inputs",
+    multiple=True,
+    metavar="NAME=x.npy",
+    help="An input array (repeatable), or one .npz with arrays by input name.",
+)
 @click.option("-o", "--output", required=True, metavar="y.npz", help="Outputs, by name.")
 @click.option("--force", is_flag=True, help="Replace the output file if it exists.")
 @click.option("--threads", type=int, default=0)
@@ -134,8 +158,13 @@ def run(obj: _Context, artifact_dir, inputs, output, force, threads) -> None:
 @cli.command(epilog=EXIT_CODES)
 @click.argument("artifact_dir", metavar="OUT/")
 @click.option("--runs", type=int, default=50, show_default=True)
-@click.option("--budget", type=float, default=10.0, show_default=True,
-              help="Seconds of timing after which measurement stops (at least 5 runs).")
+@click.option(
+    "--budget",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="Seconds of timing after which measurement stops (at least 5 runs).",
+)
 @click.option("--threads", type=int, default=0, help="CPU threads [as compiled].")
 @click.option("--no-reference", is_flag=True, help="Do not measure onnxruntime.")
 @click.option("--json", "as_json", is_flag=True, help="Print the latency report as JSON.")
@@ -159,8 +188,10 @@ def bench(obj: _Context, artifact_dir, runs, budget, threads, no_reference, as_j
                 f"({s['runs']} runs, {s['warmup']} warm-up{', NOISY' if s['noisy'] else ''})"
             )
     if "edgec_vs_onnxruntime_p50" in result:
-        click.echo(f"edgec / onnxruntime (p50): {result['edgec_vs_onnxruntime_p50']:.2f}x "
-                   f"[{result['threads']} threads; onnxruntime ran {result['onnxruntime_model']}]")
+        click.echo(
+            f"edgec / onnxruntime (p50): {result['edgec_vs_onnxruntime_p50']:.2f}x "
+            f"[{result['threads']} threads; onnxruntime ran {result['onnxruntime_model']}]"
+        )
 
 
 @cli.command("targets")
@@ -214,7 +245,9 @@ def zoo_export(obj: _Context, name, output, opset, dynamo, seed, force) -> None:
     try:
         import torch  # noqa: F401
     except ImportError as e:
-        raise InvalidInputError("`edgec zoo export` needs torch: pip install 'edgec[models]'") from e
+        raise InvalidInputError(
+            "`edgec zoo export` needs torch: pip install 'edgec[models]'"
+        ) from e
     obj.log(f"exporting {name} ...")
     path = models.export(name, output, opset=opset, dynamo=dynamo, seed=seed)
     obj.log(f"wrote {path}")

@@ -185,7 +185,8 @@ def pin_input_shapes(
                 if isinstance(have, int) and have != want:
                     raise InvalidInputError(
                         f"--input-shape {name}={','.join(map(str, given))} conflicts with the "
-                        f"model: dim {axis} of {name!r} is fixed to {have} (shape {_fmt(spec.shape)})"
+                        f"model: dim {axis} of {name!r} is fixed to {have} "
+                        f"(shape {_fmt(spec.shape)})"
                     )
                 dims[axis].Clear()
                 dims[axis].dim_value = want

@@ -137,7 +137,11 @@ def to_relax(model: onnx.ModelProto):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return from_onnx(model, keep_params_in_input=False)
-    except (tvm.error.OpNotImplemented, tvm.error.OpAttributeUnImplemented, NotImplementedError) as e:
+    except (
+        tvm.error.OpNotImplemented,
+        tvm.error.OpAttributeUnImplemented,
+        NotImplementedError,
+    ) as e:
         raise UnsupportedModelError(f"TVM's ONNX importer does not support this model: {e}") from e
     except (tvm.error.TVMError, ValueError, KeyError, TypeError, AssertionError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -40,7 +40,9 @@ def summary(report: dict) -> str:
         )
         noisy = [name for name in ("edgec", "onnxruntime") if lat[name]["noisy"]]
         if noisy:
-            lines.append(f"  note:      noisy measurement ({', '.join(noisy)}: stddev > 10 % of mean)")
+            lines.append(
+                f"  note:      noisy measurement ({', '.join(noisy)}: stddev > 10 % of mean)"
+            )
     if "timings_s" in report:
         t = report["timings_s"]
         lines.append("  time:      " + ", ".join(f"{k} {v:.1f} s" for k, v in t.items()))

@@ -86,7 +86,10 @@ def test_import_without_torch() -> None:
         "assert len(z.ZOO) == 8 and z.get('deit_tiny').kind == 'vit'\n"
     )
     root = pathlib.Path(zoo.__file__).parents[2]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
+    }
     subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=root)
 
 
@@ -102,7 +105,7 @@ def test_build(name: str) -> None:
     assert not np.allclose(torch_out(name, seed=1), y)
     bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     for bn in bns:  # non-trivial eval statistics
-        assert 0.5 <= bn.running_var.min() and bn.running_var.max() <= 1.5
+        assert bn.running_var.min() >= 0.5 and bn.running_var.max() <= 1.5
         assert bn.running_mean.abs().max() > 0 and bn.bias.abs().max() > 0
 
 
