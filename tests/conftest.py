@@ -88,3 +88,33 @@ def cli(capsys, monkeypatch):
         return CliResult(int(exc.value.code or 0), captured.out, captured.err)
 
     return run
+
+
+def run_ort(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """onnxruntime with every graph optimization off (the oracle for rewrites)."""
+    from edgec.verify import ort_session
+
+    return ort_session(model, optimize=False).run(None, feeds)
+
+
+def assert_equivalent(
+    original: onnx.ModelProto, rewritten: onnx.ModelProto, *, rtol: float = 1e-4, seed: int = 0
+) -> None:
+    """Same outputs in onnxruntime (ORT_DISABLE_ALL) on seeded random inputs, within
+    ``rtol`` of each output's magnitude; the rewritten model also passes the full ONNX check."""
+    from edgec import frontend, verify
+
+    onnx.checker.check_model(rewritten, full_check=True)
+    inputs, _ = frontend.signature(original)
+    feeds = verify.random_inputs(inputs, seed)
+    for want, got in zip(run_ort(original, feeds), run_ort(rewritten, feeds), strict=True):
+        assert got.shape == want.shape
+        scale = max(float(np.abs(want).max()), 1e-12)
+        err = float(np.abs(got.astype(np.float64) - want).max())
+        assert err <= rtol * scale, f"max abs err {err:.3g} > {rtol:g} x {scale:.3g}"
+
+
+def op_counts(model: onnx.ModelProto) -> dict[str, int]:
+    from collections import Counter
+
+    return dict(Counter(n.op_type for n in model.graph.node))
