@@ -23,7 +23,10 @@ from edgec.errors import InvalidInputError, VerificationError
 from edgec.frontend import TensorSpec
 from edgec.report import latency
 
-__all__ = ["CompileResult", "CompiledModel", "bench", "compile", "load", "versions"]
+__all__ = [
+    "CompileResult", "CompiledModel", "OptimizeResult", "bench", "compile", "load", "optimize",
+    "versions",
+]  # fmt: skip
 
 Log = Callable[[str], None]
 
@@ -131,7 +134,7 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
     with artifact.staging(out, force) as tmp:
         with step("export", "export library"):
             lower.export(executable, tmp / artifact.LIBRARY, tgt)
-            onnx.save(optimized, tmp / artifact.ONNX)
+            artifact.save_onnx(optimized, tmp / artifact.ONNX)
         manifest = {
             "format": artifact.FORMAT,
             "library": artifact.LIBRARY,
@@ -264,6 +267,48 @@ def _bench(
         **result,
         "edgec_vs_onnxruntime_p50": ratio,
     }
+
+
+@dataclasses.dataclass
+class OptimizeResult:
+    output: Path
+    passes: list[dict]
+    nodes_before: int
+    nodes_after: int
+
+
+def optimize(
+    model: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    input_shapes: Mapping[str, Iterable[int]] | None = None,
+    force: bool = False,
+    skip_passes: Iterable[str] = (),
+    only_passes: Iterable[str] = (),
+    seed: int = 0,
+    log: Log = _quiet,
+) -> OptimizeResult:
+    """Run edgec's verified rewrite passes and write the rewritten ONNX model to ``output``.
+
+    The result has the pinned static input shapes, runs in onnxruntime and passes the full
+    ``onnx.checker`` check; it is written to a temp file and renamed (never half-written).
+    """
+    out = Path(output)
+    if out.exists() and not force:
+        raise InvalidInputError(f"{out} already exists; pass --force to replace it")
+    if out.is_dir():
+        raise InvalidInputError(f"{out} is a directory; give a file name ending in .onnx")
+    pipeline = passes.select(skip_passes, only_passes)
+    step = _Steps(log)
+    with step("import", f"import {model}"):
+        shapes = {k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()}
+        imported = frontend.import_model(model, shapes)
+    with step("passes", f"passes ({', '.join(p.name for p in pipeline) or 'none'})"):
+        optimized, reports = passes.run_pipeline(imported.model, pipeline, seed=seed)
+    onnx.checker.check_model(optimized, full_check=True)
+    artifact.save_onnx(optimized, out)
+    log(f"wrote {out}")
+    return OptimizeResult(out, reports, len(imported.model.graph.node), len(optimized.graph.node))
 
 
 class CompiledModel:

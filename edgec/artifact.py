@@ -15,6 +15,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import onnx
+
 from edgec.errors import InvalidInputError
 
 FORMAT = "edgec.artifact/1"
@@ -50,6 +52,26 @@ def staging(out: Path, force: bool) -> Iterator[Path]:
             os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# Above this a model no longer fits one protobuf (2 GiB): weights go to ``NAME.data`` beside it.
+_PROTOBUF_LIMIT = 2**31 - 2**26
+
+
+def save_onnx(model: onnx.ModelProto, path: Path) -> None:
+    """Write an ONNX model atomically (temp file + rename), with external data when too big."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        if model.ByteSize() > _PROTOBUF_LIMIT:
+            onnx.save(model, tmp, save_as_external_data=True, location=f"{path.name}.data")
+        else:
+            onnx.save(model, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def write_json(path: Path, data: dict) -> None:

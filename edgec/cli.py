@@ -118,6 +118,46 @@ def compile(obj: _Context, model, output, target, input_shapes, force, skip_pass
 
 
 @cli.command(epilog=EXIT_CODES)
+@click.argument("model", metavar="MODEL.onnx")
+@click.option("-o", "--output", required=True, metavar="OUT.onnx", help="Rewritten model.")
+@click.option(
+    "--input-shape",
+    "input_shapes",
+    multiple=True,
+    metavar="NAME=D1,D2,...",
+    help="Static shape for an input with dynamic dims (repeatable).",
+)
+@click.option("--force", is_flag=True, help="Replace OUT.onnx if it exists.")
+@click.option("--skip-pass", multiple=True, metavar="NAME", help="Do not run this pass.")
+@click.option("--only-pass", multiple=True, metavar="NAME", help="Run only these passes.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of random inputs.")
+@click.option("--json", "as_json", is_flag=True, help="Print the per-pass report as JSON.")
+@click.pass_obj
+def optimize(obj: _Context, model, output, input_shapes, force, skip_pass, only_pass, seed,
+             as_json) -> None:  # fmt: skip
+    """Rewrite MODEL.onnx with edgec's verified passes into OUT.onnx (runs in any runtime).
+
+    Input shapes are pinned (static) in OUT.onnx."""
+    from edgec import api, frontend
+
+    result = api.optimize(
+        model, output, input_shapes=frontend.parse_input_shapes(input_shapes), force=force,
+        skip_passes=skip_pass, only_passes=only_pass, seed=seed, log=obj.log,
+    )  # fmt: skip
+    if as_json:
+        click.echo(json.dumps(result.passes, indent=2, default=artifact._jsonable))
+        return
+    click.echo(f"{model}: {result.nodes_before} -> {result.nodes_after} nodes")
+    for p in result.passes:
+        changed = ", ".join(f"{k} {v}" for k, v in p["stats"].items() if v)
+        click.echo(f"  {p['name']:20s} {p['status']:10s} {changed}")
+        if p.get("reason"):
+            click.echo(f"  {'':20s} {p['reason']}")
+        for reason in p["declined"]:
+            click.echo(f"  {'':20s} declined: {reason}")
+
+
+@cli.command(epilog=EXIT_CODES)
 @click.argument("artifact_dir", metavar="OUT/")
 @click.option(
     "-i",

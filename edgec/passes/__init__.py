@@ -44,47 +44,77 @@ def select(skip: Iterable[str] = (), only: Iterable[str] = ()) -> tuple[Pass, ..
 
 
 def run_pipeline(
-    model: onnx.ModelProto, passes: Sequence[Pass], *, seed: int = 0, verify_passes: bool = True
+    model: onnx.ModelProto,
+    passes: Sequence[Pass],
+    *,
+    seed: int = 0,
+    verify_passes: bool = True,
+    max_rounds: int = 4,
 ) -> tuple[onnx.ModelProto, list[dict]]:
-    """Run ``passes`` in order; returns the final model and one report entry per pass."""
+    """Run ``passes`` in order, then again while any of them changes the graph (a fold can
+    expose a merge and vice versa), at most ``max_rounds`` times. Returns the final model and
+    one report entry per pass run (later rounds report only passes that did something new)."""
     inputs, _ = signature(model)
     feeds = verify.random_inputs(inputs, seed)
-    reference = None
-    reports = []
-    for p in passes:
-        t0 = time.perf_counter()
-        nodes_before = len(model.graph.node)
-        result = p(model)
-        entry: dict = {
-            "name": p.name,
-            "stats": result.stats,
-            "declined": result.declined,
-            "nodes_before": nodes_before,
-            "nodes_after": len(result.model.graph.node),
-        }
-        if not result.changed:
-            entry["status"] = "unchanged"
-        elif not verify_passes:
-            entry["status"] = "applied (unverified)"
-            model = result.model
+    state = _State(model, None)
+    reports: list[dict] = []
+    for round_ in range(1, max_rounds + 1):
+        entries = [_run_one(p, state, feeds, verify_passes) for p in passes]
+        reverted = {r["name"] for r in reports if r["status"] == "reverted"}
+        for entry in entries:
+            entry["round"] = round_
+            if (
+                round_ == 1
+                or entry["status"].startswith("applied")
+                or (entry["status"] == "reverted" and entry["name"] not in reverted)
+            ):
+                reports.append(entry)
+        if not any(e["status"].startswith("applied") for e in entries):
+            break
+    return state.model, reports
+
+
+class _State:
+    """The current model and, once computed, its onnxruntime outputs on the pipeline's feeds."""
+
+    def __init__(self, model: onnx.ModelProto, reference: dict | None):
+        self.model, self.reference = model, reference
+
+
+def _run_one(p: Pass, state: _State, feeds: dict, verify_passes: bool) -> dict:
+    """Run one pass on ``state``; keep its result only if it verifies."""
+    t0 = time.perf_counter()
+    before = state.model
+    result = p(before)
+    entry: dict = {
+        "name": p.name,
+        "stats": result.stats,
+        "declined": result.declined,
+        "nodes_before": len(before.graph.node),
+        "nodes_after": len(result.model.graph.node),
+    }
+    if not result.changed:
+        entry["status"] = "unchanged"
+    elif not verify_passes:
+        entry["status"] = "applied (unverified)"
+        state.model, state.reference = result.model, None
+    else:
+        if state.reference is None:
+            state.reference = verify.reference_outputs(before, feeds)
+        outputs = None
+        try:
+            outputs = verify.run_onnxruntime(result.model, feeds)
+            err = verify.worst(verify.compare_all(outputs, state.reference))["scaled_err"]
+            problem = None if err <= PASS_TOLERANCE else f"scaled error {err:.3g}"
+        except Exception as e:  # the rewritten graph does not even run: revert it
+            err, problem = float("inf"), f"rewritten graph fails in onnxruntime: {e}"
+        entry["verify_scaled_err"] = err
+        if problem:
+            entry["status"] = "reverted"
+            entry["reason"] = f"{problem} > tolerance {PASS_TOLERANCE:g}"
+            entry["nodes_after"] = entry["nodes_before"]
         else:
-            if reference is None:
-                reference = verify.reference_outputs(model, feeds)
-            try:
-                outputs = verify.run_onnxruntime(result.model, feeds)
-                metrics = verify.compare_all(outputs, reference)
-                err = verify.worst(metrics)["scaled_err"]
-                problem = None if err <= PASS_TOLERANCE else f"scaled error {err:.3g}"
-            except Exception as e:  # the rewritten graph does not even run: revert it
-                err, problem = float("inf"), f"rewritten graph fails in onnxruntime: {e}"
-            entry["verify_scaled_err"] = err
-            if problem:
-                entry["status"] = "reverted"
-                entry["reason"] = f"{problem} > tolerance {PASS_TOLERANCE:g}"
-                entry["nodes_after"] = nodes_before
-            else:
-                entry["status"] = "applied"
-                model, reference = result.model, outputs
-        entry["seconds"] = round(time.perf_counter() - t0, 3)
-        reports.append(entry)
-    return model, reports
+            entry["status"] = "applied"
+            state.model, state.reference = result.model, outputs
+    entry["seconds"] = round(time.perf_counter() - t0, 3)
+    return entry

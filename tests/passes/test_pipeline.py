@@ -59,6 +59,10 @@ def test_simplify_removes_shape_computation_and_identity():
 def test_pipeline_applies_verified_passes_and_reverts_wrong_ones():
     model = _static_conv()
     out, reports = passes.run_pipeline(model, (Simplify(), _ScaleWeights(), _Noop()))
+    # round 1 reports every pass; round 2 (after simplify changed the graph) repeats nothing new
+    assert [(r["name"], r["round"]) for r in reports] == [
+        ("simplify", 1), ("scale_weights", 1), ("noop", 1)
+    ]  # fmt: skip
     by_name = {r["name"]: r for r in reports}
     assert by_name["simplify"]["status"] == "applied"
     assert by_name["simplify"]["verify_scaled_err"] <= passes.PASS_TOLERANCE
@@ -72,6 +76,43 @@ def test_pipeline_applies_verified_passes_and_reverts_wrong_ones():
     w = onnx.numpy_helper.to_array(out.graph.initializer[0])
     np.testing.assert_array_equal(w, onnx.numpy_helper.to_array(model.graph.initializer[0]))
     assert [n.op_type for n in out.graph.node] == ["Conv", "Relu"]
+
+
+def test_pipeline_iterates_to_a_fixpoint():
+    class _OneAtATime:
+        """Removes one Identity per call, like a fold that exposes the next one."""
+
+        name, summary = "one_identity", "removes one Identity"
+
+        def __call__(self, model):
+            model = onnx.ModelProto.FromString(model.SerializeToString())
+            nodes = list(model.graph.node)
+            for i, node in enumerate(nodes):
+                if node.op_type == "Identity":
+                    for other in nodes[i + 1 :]:
+                        other.input[:] = [node.input[0] if v == node.output[0] else v
+                                          for v in other.input]  # fmt: skip
+                    del model.graph.node[i]
+                    return PassResult(model, {"removed": 1})
+            return PassResult(model, {"removed": 0})
+
+    model = make_model(
+        """
+        <ir_version: 9, opset_import: ["" : 17]>
+        g (float[2,3] x) => (float[2,3] y) {
+            a = Identity (x)
+            b = Identity (a)
+            c = Identity (b)
+            y = Relu (c)
+        }
+        """
+    )
+    out, reports = passes.run_pipeline(model, (_OneAtATime(),), max_rounds=4)
+    assert [n.op_type for n in out.graph.node] == ["Relu"]
+    assert [(r["round"], r["status"]) for r in reports] == [(1, "applied"), (2, "applied"),
+                                                            (3, "applied")]  # fmt: skip
+    _, reports = passes.run_pipeline(model, (_OneAtATime(),), max_rounds=2)
+    assert len(reports) == 2
 
 
 def test_pass_whose_graph_does_not_run_is_reverted():
