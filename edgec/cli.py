@@ -279,7 +279,10 @@ def zoo_export(obj: _Context, name, output, opset, dynamo, seed, force) -> None:
     """Export zoo model NAME to ONNX (needs the `models` extra: torch)."""
     from edgec import models
 
-    models.get(name)  # unknown name: clear error before importing torch
+    try:
+        models.get(name)  # unknown name: clear error before importing torch
+    except ValueError as e:
+        raise InvalidInputError(str(e)) from e
     if Path(output).exists() and not force:
         raise InvalidInputError(f"{output} already exists; pass --force to replace it")
     try:

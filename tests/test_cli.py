@@ -167,3 +167,15 @@ def _conv_bytes() -> bytes:
     from tests.conftest import conv_relu_model
 
     return conv_relu_model().SerializeToString()
+
+
+def test_zoo_commands(cli, tmp_path):
+    listing = cli("zoo", "list").out
+    for name in ("resnet18", "mobilenetv2", "repvgg_a0", "mobileone_s0", "deit_tiny", "slab_tiny"):
+        assert name in listing
+    _assert_clean_error(cli("-q", "zoo", "export", "nope", "-o", tmp_path / "m.onnx"), 2,
+                        "unknown zoo model 'nope'")  # fmt: skip
+    out = tmp_path / "r.onnx"
+    assert cli("-q", "zoo", "export", "resnet18", "-o", out).code == 0
+    assert onnx.load(out).opset_import[0].version == 17
+    _assert_clean_error(cli("-q", "zoo", "export", "resnet18", "-o", out), 2, "already exists")
