@@ -249,7 +249,9 @@ def passes_cmd() -> None:
     from edgec import passes
 
     for p in passes.PASSES:
-        click.echo(f"{p.name:24s} {p.summary}")
+        click.echo(f"{p.name:20s} {p.summary}")
+    for p in passes.ON_REQUEST:
+        click.echo(f"{p.name:20s} {p.summary} (on request: --only-pass)")
 
 
 @cli.group()

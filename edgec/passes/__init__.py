@@ -16,31 +16,42 @@ from edgec import verify
 from edgec.errors import InvalidInputError
 from edgec.frontend import signature
 from edgec.passes.base import Pass, PassResult
+from edgec.passes.extract_conv import ExtractConv
+from edgec.passes.fuse_batchnorm import FuseBatchNorm
+from edgec.passes.reparameterize import Reparameterize
+from edgec.passes.repq_vit import RepQViTScales
 from edgec.passes.simplify import Simplify
 
-PASSES: tuple[Pass, ...] = (Simplify(),)
+# The default pipeline, in order: clean up, fold affines, merge branches, then the
+# probe-and-verify fallback for what the patterns left (DBB-style soups).
+PASSES: tuple[Pass, ...] = (Simplify(), FuseBatchNorm(), Reparameterize(), ExtractConv())
+
+# Passes run only when asked for (--only-pass, or by the int8 pipeline with calibration data).
+ON_REQUEST: tuple[Pass, ...] = (RepQViTScales(),)
 
 # A rewrite may change rounding, not results: max |after - before| / max |before| per output.
 PASS_TOLERANCE = 1e-4
 
-__all__ = ["PASSES", "Pass", "PassResult", "get", "run_pipeline", "select"]
+__all__ = ["ON_REQUEST", "PASSES", "Pass", "PassResult", "get", "run_pipeline", "select"]
 
 
 def get(name: str) -> Pass:
-    for p in PASSES:
+    for p in PASSES + ON_REQUEST:
         if p.name == name:
             return p
-    raise InvalidInputError(
-        f"unknown pass {name!r}; known passes: {', '.join(p.name for p in PASSES)}"
-    )
+    known = ", ".join(p.name for p in PASSES + ON_REQUEST)
+    raise InvalidInputError(f"unknown pass {name!r}; known passes: {known}")
 
 
 def select(skip: Iterable[str] = (), only: Iterable[str] = ()) -> tuple[Pass, ...]:
-    """The pipeline with ``skip`` removed, or only the passes in ``only`` (in pipeline order)."""
+    """The default pipeline without ``skip``; or only the passes in ``only`` (default and
+    on-request ones), in pipeline order."""
     skip, only = [get(n).name for n in skip], [get(n).name for n in only]
     if skip and only:
         raise InvalidInputError("--skip-pass and --only-pass cannot be combined")
-    return tuple(p for p in PASSES if p.name not in skip and (not only or p.name in only))
+    if only:
+        return tuple(p for p in PASSES + ON_REQUEST if p.name in only)
+    return tuple(p for p in PASSES if p.name not in skip)
 
 
 def run_pipeline(
