@@ -70,7 +70,7 @@ def main() -> None:
         for name in args.models.split(","):
             print(f"{name} ...", file=sys.stderr)
             rows.append(bench_model(name, Path(tmp), args.threads, args.runs, args.budget))
-    print(f"onnxruntime {args.threads} threads, ORT_ENABLE_ALL, p50 of interleaved rounds\n")
+    print(f"onnxruntime {args.threads} threads, ORT_ENABLE_ALL, p50 of interleaved blocks\n")
     print("| model | before ms | after ms | speed-up | ops before | ops after | max err |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:

@@ -262,7 +262,7 @@ def _bench(
     ratio = result["edgec"]["p50_ms"] / result["onnxruntime"]["p50_ms"]
     return {
         "threads": threads,
-        "method": "interleaved rounds (one call per engine per round), after warm-up",
+        "method": latency.METHOD,
         "onnxruntime_config": "CPUExecutionProvider, ORT_ENABLE_ALL, same thread count",
         **result,
         "edgec_vs_onnxruntime_p50": ratio,

@@ -1,23 +1,32 @@
 import itertools
+import time
 
 from edgec.report import latency
 from edgec.report.summary import summary
 
 
-def test_measure_interleaves_engines_and_counts_runs():
+def test_measure_interleaves_blocks_and_counts_runs():
     calls = []
-    engines = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
-    result = latency.measure(engines, warmup=2, runs=7, budget_s=100)
-    assert calls[:4] == ["a", "a", "b", "b"]  # warm-up
-    assert calls[4:] == ["a", "b"] * 7  # interleaved rounds
+
+    def engine(name, seconds):
+        return lambda: (calls.append(name), time.sleep(seconds))
+
+    engines = {"fast": engine("fast", 0.001), "slow": engine("slow", 0.06)}
+    result = latency.measure(engines, warmup=2, runs=12, budget_s=100, settle_s=0)
+    assert calls[:4] == ["fast", "fast", "slow", "slow"]  # warm-up
+    # fast: 1 untimed re-warm call + a block of 10; slow (> 50 ms): no re-warm, blocks of 1
+    assert calls[4:20] == ["fast"] * 11 + ["slow"] + ["fast"] * 3 + ["slow"]
+    assert result["fast"]["runs"] == result["slow"]["runs"] == 12
+    assert calls.count("slow") == 2 + 12
     for name in engines:
-        assert result[name]["runs"] == 7 and result[name]["warmup"] == 2
+        assert result[name]["warmup"] == 2
         s = result[name]
         assert s["min_ms"] <= s["p50_ms"] <= s["p90_ms"] <= s["p99_ms"] <= s["max_ms"]
 
 
 def test_measure_stops_at_budget_after_min_runs():
-    result = latency.measure({"a": lambda: None}, warmup=0, runs=1000, min_runs=3, budget_s=0.0)
+    result = latency.measure({"a": lambda: time.sleep(0.06)}, warmup=1, runs=1000, min_runs=3,
+                             budget_s=0.0, settle_s=0)  # fmt: skip
     assert result["a"]["runs"] == 3
 
 
