@@ -177,13 +177,21 @@ def export(executable, path: Path, target: Target) -> None:
         )
 
 
-def set_threads(threads: int) -> None:
-    """Size TVM's CPU thread pool (0 = TVM's default: one thread per core)."""
+def set_threads(threads: int) -> int:
+    """Size TVM's CPU thread pool; returns the size it reports.
+
+    TVM's default is half the logical CPUs on x86 (it assumes hyper-threading), i.e. one thread
+    on a 2-vCPU machine. Mode -3 ("threads share all listed cores") sets the count exactly
+    without pinning threads to single cores.
+    """
     import tvm_ffi
 
     _tvm()
-    if threads > 0:
-        tvm_ffi.get_global_func("runtime.config_threadpool")(0, threads)
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    threads = threads if threads > 0 else len(cpus) or os.cpu_count() or 1
+    cpus = cpus or list(range(threads))
+    tvm_ffi.get_global_func("runtime.config_threadpool")(-3, threads, [str(c) for c in cpus])
+    return int(tvm_ffi.get_global_func("runtime.NumThreads")())
 
 
 class Runtime:
