@@ -129,7 +129,7 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
     with step("passes", f"passes ({', '.join(p.name for p in pipeline) or 'none'})"):
         optimized, pass_reports = passes.run_pipeline(imported.model, pipeline, seed=seed)
     with step("build", f"build for {tgt.name}"):
-        executable = lower.build(optimized, tgt, threads)
+        executable, kernels = lower.build(optimized, tgt, threads)
 
     with artifact.staging(out, force) as tmp:
         with step("export", "export library"):
@@ -162,6 +162,7 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
             "precision": precision,
             "threads": threads,
             "passes": pass_reports,
+            "kernels": kernels,
         }
         runnable = tgt.runs_here and lower.host_can_run(tgt)
         if verify_result and not runnable:

@@ -148,21 +148,49 @@ def to_relax(model: onnx.ModelProto):
         raise UnsupportedModelError(f"TVM's ONNX importer failed on this model: {first}") from e
 
 
-def build(model: onnx.ModelProto, target: Target, threads: int):
-    """Compile to a Relax executable for ``target``."""
+def vector_lanes(target: Target) -> int:
+    """fp32 lanes of the widest SIMD register the target's code may use."""
+    if target.arch != "x86_64":
+        return 4  # NEON
+    import tvm_ffi
+
+    tvm = _tvm()
+    tgt = tvm.target.Target(target_json(target, 1))
+    has = tvm_ffi.get_global_func("target.llvm_cpu_has_feature")
+    return 16 if has("avx512f", tgt) else 8 if has("avx2", tgt) else 4
+
+
+def build(model: onnx.ModelProto, target: Target, threads: int, *, schedule: bool = True):
+    """Compile to a Relax executable for ``target``; returns it and one record per kernel.
+
+    With ``schedule`` (the default) every kernel gets edgec's schedule templates (default
+    knobs), weights are re-laid-out for them at compile time, and erf/exp/tanh use TVM's
+    vectorizable fast-math forms. Without it, TVM's plain lowering (unscheduled loops).
+    """
     tvm = _tvm()
     from tvm import relax
     from tvm.relax import transform
     from tvm.s_tir import dlight
 
+    from edgec.lower import schedules
+
     mod = to_relax(model)
     tgt = tvm.target.Target(target_json(target, threads))
+    records: list[dict] = []
     with tgt:
         mod = transform.DecomposeOpsForInference()(mod)
         mod = transform.CanonicalizeBindings()(mod)
+        if schedule:
+            mod = transform.FastMathTransform()(mod)
         mod = relax.get_pipeline("zero")(mod)
-        mod = dlight.ApplyDefaultSchedule(dlight.cpu.GEMV(), dlight.cpu.Reduction())(mod)
-    return tvm.compile(mod, target=tgt)
+        if schedule:
+            mod, records = schedules.apply_all(mod, vector_lanes(target))
+            mod = transform.SplitLayoutRewritePreproc()(mod)
+            mod = transform.LiftTransformParams()(mod)
+            mod = transform.FoldConstant()(mod)
+        else:
+            mod = dlight.ApplyDefaultSchedule(dlight.cpu.GEMV(), dlight.cpu.Reduction())(mod)
+    return tvm.compile(mod, target=tgt), records
 
 
 def export(executable, path: Path, target: Target) -> None:
