@@ -134,26 +134,32 @@ class Conv2d:
         return {
             "n": n, "f": f, "h": h, "w": w, "cin_per_group": cin_per_group, "kh": kh, "kw": kw,
             "depthwise": depthwise, "anchor": index, "weight_param": _param_index(func, weight),
-            "reduce": conv["reduce"],
+            "reduce": conv["reduce"], "padded": index > 0,
             "flops": 2 * n * f * h * w * cin_per_group * kh * kw,
         }  # fmt: skip
 
     def space(self, info: dict, lanes: int) -> list[Knobs]:
-        out = []
+        out = [self.default(info, lanes)]
         if not info["depthwise"]:
-            for fb in _divisors(info["f"], (lanes, 2 * lanes)):
+            for fb in _divisors(info["f"], (lanes // 2, lanes, 2 * lanes)):
                 for xb in sorted({min(info["w"], x) for x in (4, 6, 7, 8, 14)}):
                     out.append({"vec": "f", "fb": fb, "xb": xb})
         for xb in sorted({min(info["w"], x) for x in (lanes, 2 * lanes)}):
             for fb in _divisors(info["f"], (1, 2, 4)):
-                out.append({"vec": "x", "fb": fb, "xb": xb})
-        return out
+                for pad in ("row", "root"):
+                    out.append({"vec": "x", "fb": fb, "xb": xb, "pad": pad})
+        if info["padded"]:
+            out += [{**k, "pad": "row"} for k in out if k["vec"] == "f" and "pad" not in k]
+        return list({tuple(sorted(k.items())): k for k in out}.values())
 
     def default(self, info: dict, lanes: int) -> Knobs:
-        if not info["depthwise"] and info["f"] % lanes == 0:
+        fbs = _divisors(info["f"], (lanes, lanes // 2))
+        if not info["depthwise"] and fbs:
             xb = next((x for x in (7, 8, 6, 4) if info["w"] % x == 0), 8)
-            return {"vec": "f", "fb": lanes, "xb": min(xb, info["w"])}
-        return {"vec": "x", "fb": 1, "xb": min(lanes, info["w"])}
+            return {"vec": "f", "fb": fbs[0], "xb": min(xb, info["w"])}
+        # depthwise: vectors along the row, several channels at once for independent FMAs
+        fb = next(iter(_divisors(info["f"], (4, 2))), 1)
+        return {"vec": "x", "fb": fb, "xb": min(lanes, info["w"]), "pad": "row"}
 
     def apply(self, func: tirx.PrimFunc, info: dict, knobs: Knobs) -> tirx.PrimFunc:
         if knobs["vec"] == "f" and info["weight_param"] not in info.get("constants", ()):
@@ -194,8 +200,13 @@ class Conv2d:
         _parallel_outer(sch, [n, fo, y])
         if reduction:
             sch.decompose_reduction(conv, reduction[0])
-        for b in blocks[: info["anchor"]]:  # padding: its own parallel loop nest
-            _parallel_outer(sch, sch.get_loops(b["block"]))
+        for b in blocks[: info["anchor"]]:  # padding
+            if knobs.get("pad") == "row":  # per parallel (channel block, row): stays in cache
+                sch.compute_at(b["block"], sch.get_loops(out)[0])
+            elif knobs.get("pad") == "inline":
+                sch.compute_inline(b["block"])
+            else:  # its own parallel loop nest over the whole input
+                _parallel_outer(sch, sch.get_loops(b["block"]))
         return sch.mod["main"]
 
 
@@ -229,10 +240,10 @@ class Matmul:
 
     def _nbs(self, info: dict, lanes: int) -> list[int]:
         # a width that does not divide N is padded (pad_einsum), so every width is allowed
-        return [nb for nb in (lanes, 2 * lanes) if nb <= max(lanes, info["n"])]
+        return [nb for nb in (lanes // 2, lanes, 2 * lanes) if nb <= max(lanes, info["n"])]
 
     def space(self, info: dict, lanes: int) -> list[Knobs]:
-        return [
+        return [self.default(info, lanes)] + [
             {"mb": mb, "nb": nb, "kb": kb}
             for nb in self._nbs(info, lanes)
             for mb in sorted({min(info["m"], x) for x in (4, 6, 8, 12)})
@@ -240,7 +251,8 @@ class Matmul:
         ]
 
     def default(self, info: dict, lanes: int) -> Knobs:
-        nb = lanes if info["n"] >= lanes or info["n"] % (lanes // 2) else lanes // 2
+        # a vector width that divides N if there is one; else pad N to the full width
+        nb = next(iter(_divisors(info["n"], (lanes, lanes // 2))), lanes)
         return {"mb": min(6, info["m"]), "nb": nb, "kb": 1}
 
     def apply(self, func: tirx.PrimFunc, info: dict, knobs: Knobs) -> tirx.PrimFunc:
