@@ -128,7 +128,8 @@ class Conv2d:
             not (b["spatial"] and not b["reduction"]) for i, b in enumerate(blocks) if i != index
         ):
             raise Decline("non-injective block beside the convolution")
-        if len(blocks[-1]["extents"]) != 4 or blocks[-1]["extents"] != conv["extents"][:4]:
+        last = blocks[-1]["extents"]
+        if index != len(blocks) - 1 and last != conv["extents"][:4]:
             raise Decline("the output is not the convolution's shape")
         depthwise = cin_per_group == 1 and (len(red) == 2 or red[0] == 1)
         return {
@@ -168,7 +169,10 @@ class Conv2d:
         sch = s_tir.Schedule(func)
         blocks = _blocks(sch)
         conv = blocks[info["anchor"]]["block"]
-        out = _inline_epilogue(sch, blocks, info["anchor"])["block"]
+        if info["anchor"] == len(blocks) - 1:  # no epilogue: accumulate in a buffer, then copy
+            out = sch.cache_write(conv, 0, "global")
+        else:
+            out = _inline_epilogue(sch, blocks, info["anchor"])["block"]
         fb, xb = knobs["fb"], knobs["xb"]
         n, f, y, x = sch.get_loops(out)
         fo, fi = sch.split(f, [None, fb])
@@ -181,8 +185,9 @@ class Conv2d:
         cf, cx = _tile_loops(sch, inner[:tiled], (fb, xb))
         reduction = inner[tiled:]
         if knobs["vec"] == "f":
-            sch.reorder(*reduction, cx, cf)
-            sch.vectorize(cf)
+            sch.reorder(*reduction, *(lp for lp in (cx, cf) if lp is not None))
+            if cf is not None:
+                sch.vectorize(cf)
             if cx is not None:
                 sch.unroll(cx)
             wb = sch.cache_read(conv, 1, "global")
@@ -277,14 +282,14 @@ class Matmul:
         inner = _loops_below(sch, mm, io)
         tiled = sum(e > 1 for e in (mb, nb))
         ci, cj = _tile_loops(sch, inner[:tiled], (mb, nb))
-        (k,) = inner[tiled:]
-        ko, ki = sch.split(k, [None, kb])
-        sch.reorder(ko, ki, *(lp for lp in (ci, cj) if lp is not None))
+        ks = inner[tiled:]  # empty when K = 1 (compute_at drops extent-1 loops)
+        ko, ki = sch.split(ks[0], [None, kb]) if ks else (None, None)
+        sch.reorder(*(lp for lp in (ko, ki, ci, cj) if lp is not None))
         if cj is not None:
             sch.vectorize(cj)
         if ci is not None:
             sch.unroll(ci)
-        if kb > 1:
+        if kb > 1 and ki is not None:
             sch.unroll(ki)
         if pack:  # B[j, k] -> [j/nb, k, j%nb]: contiguous vectors along j, folded at compile time
             wb = sch.cache_read(mm, 1, "global")
@@ -293,7 +298,8 @@ class Matmul:
         if nb > 1:
             sch.vectorize(ji)
         _parallel_outer(sch, [*batch, jo, io])
-        sch.decompose_reduction(mm, ko)
+        if ko is not None:
+            sch.decompose_reduction(mm, ko)
         for b in blocks[: info["anchor"]]:
             _parallel_outer(sch, sch.get_loops(b["block"]))
         return sch.mod["main"]
@@ -447,6 +453,11 @@ def apply_all(
                 mod[gv] = template.apply(func, info, knobs)
             except (Decline, s_tir.ScheduleError) as e:
                 record.setdefault("declined", []).append(f"{template.name}: {str(e)[-300:]}")
+                continue
+            except Exception as e:  # a template bug must cost speed, never the build
+                record.setdefault("declined", []).append(
+                    f"{template.name}: internal error {type(e).__name__}: {str(e)[-300:]}"
+                )
                 continue
             record.update(template=template.name, knobs=knobs, flops=info["flops"])
             break
