@@ -103,9 +103,16 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
     bench_runs: int = 50,
     bench_budget_s: float = 10.0,
     seed: int = 0,
+    search: str = "none",
+    search_budget_s: float | None = None,
+    tuning_db: str | os.PathLike | None = None,
     log: Log = _quiet,
 ) -> CompileResult:
     """Compile an ONNX model into a deployable artifact directory ``output``.
+
+    ``search`` picks each kernel's schedule knobs: ``none`` (the templates' defaults), ``fast``
+    (latency-measured on this machine within ``search_budget_s``, 120 s by default) or ``full``
+    (every candidate); results are cached in ``tuning_db`` (see ``edgec.search``).
 
     Raises InvalidInputError (bad input), UnsupportedModelError (ops TVM cannot lower) or
     VerificationError (results differ from onnxruntime beyond ``tolerance``); in every error case
@@ -117,6 +124,7 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
     pipeline = passes.select(skip_passes, only_passes)
     threads = threads or default_threads()
     precision = "fp32"
+    tuner, search_report = _tuner(tgt, search, search_budget_s, tuning_db, threads, log)
     tolerance = verify.TOLERANCE[precision] if tolerance is None else tolerance
     step = _Steps(log)
 
@@ -128,8 +136,12 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
         lower.check_supported(imported.model)  # fail early, listing every unsupported node
     with step("passes", f"passes ({', '.join(p.name for p in pipeline) or 'none'})"):
         optimized, pass_reports = passes.run_pipeline(imported.model, pipeline, seed=seed)
-    with step("build", f"build for {tgt.name}"):
-        executable, kernels = lower.build(optimized, tgt, threads)
+    with step("build", f"build for {tgt.name}" + (f" (search {search})" if tuner else "")):
+        executable, kernels = lower.build(optimized, tgt, threads, tune=tuner)
+    if tuner is not None:
+        search_report = tuner.summary()
+        tuner.annotate(kernels)
+        log(_search_line(search_report))
 
     with artifact.staging(out, force) as tmp:
         with step("export", "export library"):
@@ -163,6 +175,7 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
             "threads": threads,
             "passes": pass_reports,
             "kernels": kernels,
+            "search": search_report,
         }
         runnable = tgt.runs_here and lower.host_can_run(tgt)
         if verify_result and not runnable:
@@ -187,6 +200,34 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
         artifact.write_json(tmp / artifact.REPORT, report)
     log(f"wrote {out}")
     return CompileResult(out, manifest, report)
+
+
+def _tuner(tgt, mode: str, budget_s, tuning_db, threads: int, log: Log):
+    """The search for ``lower.build`` (None for ``none``) and the report section until it ran."""
+    from edgec import lower
+    from edgec.search import MODES, Search
+
+    if mode not in MODES:
+        raise InvalidInputError(f"unknown search mode {mode!r}: use one of {', '.join(MODES)}")
+    if budget_s is not None and budget_s <= 0:
+        raise InvalidInputError(f"the search budget must be positive, not {budget_s:g} s")
+    section = {"mode": mode, "budget_s": None, "seconds": 0.0, "kernels_measured": 0,
+               "candidates_tried": 0, "cache_hits": 0}  # fmt: skip
+    if mode == "none":
+        return None, section
+    if not (tgt.runs_here and lower.host_can_run(tgt)):
+        log(f"search skipped: code for {tgt.name} cannot run on this machine (default knobs)")
+        return None, {**section, "skipped": f"target {tgt.name} cannot run on this machine"}
+    return Search(mode, budget_s=budget_s, tuning_db=tuning_db, threads=threads, log=log), section
+
+
+def _search_line(s: dict) -> str:
+    budget = f" of {s['budget_s']:g}" if s.get("budget_s") else ""
+    return (
+        f"search {s['mode']}: {s['seconds']:.1f}{budget} s, {s['kernels_measured']} kernel(s) "
+        f"measured ({s['candidates_tried']} candidates), {s['cache_hits']} from the cache"
+        + (" [interrupted]" if s.get("interrupted") else "")
+    )
 
 
 def _producer(model: onnx.ModelProto) -> str:

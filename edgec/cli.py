@@ -89,12 +89,39 @@ def _load_inputs(items: tuple[str, ...]) -> dict[str, np.ndarray]:
     help="Seconds of timing after which measurement stops (at least 5 runs).",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of random inputs.")
+@click.option(
+    "--search",
+    type=click.Choice(["none", "fast", "full"]),
+    default="none",
+    show_default=True,
+    help="Kernel knobs: none = template defaults; fast = time candidates on this machine within "
+    "--budget, biggest kernels first; full = every candidate, the top 3 timed again. Results "
+    "are cached (--tuning-db). MetaSchedule is out of scope for now.",
+)
+@click.option(
+    "--budget",
+    type=float,
+    default=None,
+    metavar="SECONDS",
+    help="Time limit of the search [fast: 120; full: none].",
+)
+@click.option(
+    "--tuning-db",
+    type=click.Path(dir_okay=False),
+    default=None,
+    metavar="PATH",
+    help="Tuning cache [$EDGEC_TUNING_DB, else $XDG_CACHE_HOME/edgec/tuning.db, "
+    "else ~/.cache/edgec/tuning.db].",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print report.json on stdout.")
 @click.pass_obj
 def compile(obj: _Context, model, output, target, input_shapes, force, skip_pass, only_pass,
             no_verify, verify_input, tolerance, threads, no_bench, bench_runs, bench_budget,
-            seed, as_json) -> None:  # fmt: skip
-    """Compile MODEL.onnx into a deployable artifact directory OUT/."""
+            seed, search, budget, tuning_db, as_json) -> None:  # fmt: skip
+    """Compile MODEL.onnx into a deployable artifact directory OUT/.
+
+    With --search fast|full, each kernel's schedule is chosen by timing its candidates on this
+    machine (Ctrl-C stops the search and compiles with the best found so far)."""
     from edgec import api, frontend
     from edgec.errors import VerificationError
     from edgec.report.summary import summary
@@ -105,7 +132,8 @@ def compile(obj: _Context, model, output, target, input_shapes, force, skip_pass
             force=force, skip_passes=skip_pass, only_passes=only_pass,
             verify_result=not no_verify, verify_inputs=_load_inputs(verify_input) or None,
             tolerance=tolerance, threads=threads, bench=not no_bench, bench_runs=bench_runs,
-            bench_budget_s=bench_budget, seed=seed, log=obj.log,
+            bench_budget_s=bench_budget, seed=seed, search=search, search_budget_s=budget,
+            tuning_db=tuning_db, log=obj.log,
         )  # fmt: skip
     except VerificationError as e:
         if as_json and e.report:
@@ -115,6 +143,20 @@ def compile(obj: _Context, model, output, target, input_shapes, force, skip_pass
         click.echo(json.dumps(result.report, indent=2, default=artifact._jsonable))
     else:
         click.echo(summary(result.report))
+        s = result.report.get("search", {})
+        if s.get("mode", "none") != "none":
+            click.echo(f"  search:    {_search_summary(s)}")
+
+
+def _search_summary(s: dict) -> str:
+    if "skipped" in s:
+        return f"{s['mode']}, skipped ({s['skipped']})"
+    budget = f" (budget {s['budget_s']:g} s)" if s.get("budget_s") else ""
+    return (
+        f"{s['mode']}{budget}: {s['seconds']:.1f} s, {s['kernels_measured']} kernel(s) measured, "
+        f"{s['candidates_tried']} candidates, {s['cache_hits']} from the cache"
+        + (", interrupted" if s.get("interrupted") else "")
+    )
 
 
 @cli.command(epilog=EXIT_CODES)
@@ -296,6 +338,72 @@ def zoo_export(obj: _Context, name, output, opset, dynamo, seed, force) -> None:
     obj.log(f"exporting {name} ...")
     path = models.export(name, output, opset=opset, dynamo=dynamo, seed=seed)
     obj.log(f"wrote {path}")
+
+
+@cli.group()
+def cache() -> None:
+    """The tuning cache of --search (kernel timings per machine)."""
+
+
+_TUNING_DB = click.option(
+    "--tuning-db", type=click.Path(dir_okay=False), default=None, metavar="PATH",
+    help="Tuning cache [$EDGEC_TUNING_DB, else $XDG_CACHE_HOME/edgec/tuning.db].",
+)  # fmt: skip
+
+
+@cache.command("info")
+@_TUNING_DB
+@click.option("--json", "as_json", is_flag=True, help="Print the information as JSON.")
+def cache_info(tuning_db, as_json) -> None:
+    """Where the tuning cache is, how many entries it has and its size."""
+    from edgec import search
+
+    info = _cache_call(search.cache_info, tuning_db)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    click.echo(f"path:    {info['path']}{'' if info['exists'] else ' (not created yet)'}")
+    click.echo(f"entries: {info['entries']}")
+    click.echo(f"size:    {info['size_bytes'] / 1024:.1f} KiB")
+    for v in info.get("by_version", []):
+        click.echo(f"  {v['entries']:6d}  edgec {v['edgec']}, tvm {v['tvm']}, {v['cpu']}")
+
+
+@cache.command("clear")
+@_TUNING_DB
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+def cache_clear(tuning_db, yes) -> None:
+    """Delete every entry of the tuning cache."""
+    from edgec import search
+
+    path = Path(tuning_db) if tuning_db else search.default_db_path()
+    if not path.exists():
+        click.echo(f"{path}: no tuning cache, nothing to clear")
+        return
+    if not yes:
+        if not _interactive():
+            raise InvalidInputError("not a terminal: pass --yes to clear the tuning cache")
+        if not click.confirm(f"Delete every entry of {path}?", default=False):
+            click.echo("left as is")
+            return
+    n = _cache_call(search.cache_clear, path)
+    click.echo(f"{path}: {n} entr{'y' if n == 1 else 'ies'} deleted")
+
+
+def _interactive() -> bool:
+    try:
+        return sys.stdin.isatty()
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _cache_call(fn, path):
+    import sqlite3
+
+    try:
+        return fn(path)
+    except (OSError, sqlite3.Error) as e:
+        raise InvalidInputError(f"tuning cache {path or 'default'}: {e}") from e
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -160,12 +160,25 @@ def vector_lanes(target: Target) -> int:
     return 16 if has("avx512f", tgt) else 8 if has("avx2", tgt) else 4
 
 
-def build(model: onnx.ModelProto, target: Target, threads: int, *, schedule: bool = True):
+def build(
+    model: onnx.ModelProto,
+    target: Target,
+    threads: int,
+    *,
+    schedule: bool = True,
+    choose: Callable | None = None,
+    tune: Callable | None = None,
+):
     """Compile to a Relax executable for ``target``; returns it and one record per kernel.
 
-    With ``schedule`` (the default) every kernel gets edgec's schedule templates (default
-    knobs), weights are re-laid-out for them at compile time, and erf/exp/tanh use TVM's
-    vectorizable fast-math forms. Without it, TVM's plain lowering (unscheduled loops).
+    With ``schedule`` (the default) every kernel gets edgec's schedule templates, weights are
+    re-laid-out for them at compile time, and erf/exp/tanh use TVM's vectorizable fast-math
+    forms. Without it, TVM's plain lowering (unscheduled loops).
+
+    The knobs of each kernel are the template's default unless ``choose(kernel_name, info,
+    space, default) -> knobs`` picks others (``schedules.apply_all``'s hook). ``tune(tasks,
+    target_json) -> choose`` is called first with every kernel (``measure.Task``) when given:
+    the latency-measured search (``edgec.search.Search``).
     """
     tvm = _tvm()
     from tvm import relax
@@ -184,7 +197,15 @@ def build(model: onnx.ModelProto, target: Target, threads: int, *, schedule: boo
             mod = transform.FastMathTransform()(mod)
         mod = relax.get_pipeline("zero")(mod)
         if schedule:
-            mod, records = schedules.apply_all(mod, vector_lanes(target))
+            lanes = vector_lanes(target)
+            if tune is not None:
+                from edgec.lower import measure
+
+                choose = tune(measure.kernel_tasks(mod, lanes), target_json(target, threads))
+            if choose is None:
+                mod, records = schedules.apply_all(mod, lanes)
+            else:
+                mod, records = schedules.apply_all(mod, lanes, choose=choose)
             mod = transform.SplitLayoutRewritePreproc()(mod)
             mod = transform.LiftTransformParams()(mod)
             mod = transform.FoldConstant()(mod)
