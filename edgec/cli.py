@@ -51,20 +51,30 @@ def _load_inputs(items: tuple[str, ...]) -> dict[str, np.ndarray]:
     return verify.load_arrays(items)
 
 
+def _input_shape_option(f):
+    return click.option(
+        "--input-shape",
+        "input_shapes",
+        multiple=True,
+        metavar="NAME=D1,D2,...",
+        help="Static shape for an input with dynamic dims (repeatable).",
+    )(f)
+
+
+def _pass_options(f):
+    f = click.option("--only-pass", multiple=True, metavar="NAME", help="Run only these passes.")(f)
+    return click.option("--skip-pass", multiple=True, metavar="NAME", help="Do not run this pass.")(
+        f
+    )
+
+
 @cli.command(epilog=EXIT_CODES)
 @click.argument("model", metavar="MODEL.onnx")
 @click.option("-o", "--output", required=True, metavar="OUT/", help="Artifact directory.")
 @click.option("-t", "--target", default="x86_64", show_default=True, help="See `edgec targets`.")
-@click.option(
-    "--input-shape",
-    "input_shapes",
-    multiple=True,
-    metavar="NAME=D1,D2,...",
-    help="Static shape for an input with dynamic dims (repeatable).",
-)
+@_input_shape_option
 @click.option("--force", is_flag=True, help="Replace OUT/ if it exists.")
-@click.option("--skip-pass", multiple=True, metavar="NAME", help="Do not run this pass.")
-@click.option("--only-pass", multiple=True, metavar="NAME", help="Run only these passes.")
+@_pass_options
 @click.option("--no-verify", is_flag=True, help="Skip the comparison with onnxruntime.")
 @click.option(
     "--verify-input",
@@ -162,16 +172,9 @@ def _search_summary(s: dict) -> str:
 @cli.command(epilog=EXIT_CODES)
 @click.argument("model", metavar="MODEL.onnx")
 @click.option("-o", "--output", required=True, metavar="OUT.onnx", help="Rewritten model.")
-@click.option(
-    "--input-shape",
-    "input_shapes",
-    multiple=True,
-    metavar="NAME=D1,D2,...",
-    help="Static shape for an input with dynamic dims (repeatable).",
-)
+@_input_shape_option
 @click.option("--force", is_flag=True, help="Replace OUT.onnx if it exists.")
-@click.option("--skip-pass", multiple=True, metavar="NAME", help="Do not run this pass.")
-@click.option("--only-pass", multiple=True, metavar="NAME", help="Run only these passes.")
+@_pass_options
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of random inputs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the per-pass report as JSON.")
 @click.pass_obj
