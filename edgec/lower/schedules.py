@@ -145,6 +145,10 @@ class Conv2d:
             for fb in _divisors(info["f"], (lanes // 2, lanes, 2 * lanes)):
                 for xb in sorted({min(info["w"], x) for x in (4, 6, 7, 8, 14)}):
                     out.append({"vec": "f", "fb": fb, "xb": xb})
+        if info["depthwise"] and info["padded"]:
+            for fb in _divisors(info["f"], (lanes // 2, lanes)):
+                for xb in sorted({min(info["w"], x) for x in (4, 7, 8, 14)}):
+                    out.append({"vec": "f", "fb": fb, "xb": xb, "pad": "row", "cblock": True})
         for xb in sorted({min(info["w"], x) for x in (lanes, 2 * lanes)}):
             for fb in _divisors(info["f"], (1, 2, 4)):
                 for pad in ("row", "root"):
@@ -174,6 +178,10 @@ class Conv2d:
         else:
             out = _inline_epilogue(sch, blocks, info["anchor"])["block"]
         fb, xb = knobs["fb"], knobs["xb"]
+        if knobs.get("cblock"):  # padded input as [n, c/fb, y, x, c%fb]: channel vectors
+            for b in blocks[: info["anchor"]]:
+                sch.transform_layout(b["block"], ("write", 0),
+                                     lambda n_, c, h, w: (n_, c // fb, h, w, c % fb))  # fmt: skip
         n, f, y, x = sch.get_loops(out)
         fo, fi = sch.split(f, [None, fb])
         xo, xi = sch.split(x, [None, xb])
