@@ -195,6 +195,10 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
                     tmp / artifact.LIBRARY, imported.model, imported.inputs, threads,
                     runs=bench_runs, budget_s=bench_budget_s, seed=seed,
                 )  # fmt: skip
+            with step("profile", "per-kernel profile"):
+                report["peak"], report["profile"] = _profile_kernels(
+                    report["kernels"], tmp / artifact.LIBRARY, imported.inputs, threads, seed
+                )
         report["timings_s"] = step.seconds
         artifact.write_json(tmp / artifact.MANIFEST, manifest)
         artifact.write_json(tmp / artifact.REPORT, report)
@@ -309,6 +313,36 @@ def _bench(
         **result,
         "edgec_vs_onnxruntime_p50": ratio,
     }
+
+
+def _profile_kernels(
+    kernels: list[dict], library: Path, inputs: list[TensorSpec], threads: int, seed: int
+) -> tuple[dict, dict]:
+    """Time every kernel inside the model (VM instrument hook) and add to each kernel record:
+    ms per inference, calls, achieved GFLOP/s and the fraction of this machine's measured peak."""
+    from edgec import lower
+    from edgec.lower.peak import cached_peak
+    from edgec.lower.profile import profile
+
+    peak = cached_peak(threads)
+    feeds = verify.random_inputs(inputs, seed)
+    rows = profile(lower.Runtime(library, threads), [feeds[s.name] for s in inputs], reps=3)
+    by_name = {r["kernel"].removesuffix("_prepacked"): r for r in rows}
+    for k in kernels:
+        row = by_name.pop(k["kernel"], None)
+        if row is None:
+            continue
+        k["profile_ms"], k["calls"] = row["ms"], row["calls"]
+        if k.get("flops") and row["ms"] > 0:
+            k["gflops"] = k["flops"] * row["calls"] / (row["ms"] * 1e6)
+            k["peak_fraction"] = k["gflops"] / peak["gflops"]
+    summary = {
+        "reps": 3,
+        "kernels_ms": sum(k.get("profile_ms", 0.0) for k in kernels),
+        "other_ms": {name: r["ms"] for name, r in by_name.items()},  # VM builtins, allocation
+        "top": [{"kernel": r["kernel"], "ms": r["ms"], "share": r["share"]} for r in rows[:5]],
+    }
+    return peak, summary
 
 
 @dataclasses.dataclass

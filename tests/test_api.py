@@ -35,6 +35,12 @@ def test_compile_writes_a_complete_artifact(conv_relu, tmp_path):
                                     "warmup"}  # fmt: skip
         assert lat[engine]["runs"] >= 5 and lat[engine]["p50_ms"] > 0
     assert lat["threads"] == report["threads"] >= 1
+    # per-kernel profile against the machine's measured peak
+    assert report["peak"]["gflops"] > 10 and report["peak"]["threads"] == report["threads"]
+    (conv,) = [k for k in report["kernels"] if k["template"] == "conv2d"]
+    assert conv["calls"] == 1 and conv["profile_ms"] > 0
+    assert conv["gflops"] == conv["flops"] / (conv["profile_ms"] * 1e6)
+    assert 0 < conv["peak_fraction"] == conv["gflops"] / report["peak"]["gflops"]
     assert not list(tmp_path.glob(".out.*")), "staging directory left behind"
 
 

@@ -43,6 +43,16 @@ def summary(report: dict) -> str:
             lines.append(
                 f"  note:      noisy measurement ({', '.join(noisy)}: stddev > 10 % of mean)"
             )
+    prof, peak = report.get("profile"), report.get("peak")
+    if prof and peak:
+        top = sorted((k for k in report.get("kernels", []) if "profile_ms" in k),
+                     key=lambda k: -k["profile_ms"])[:3]  # fmt: skip
+        parts = [
+            f"{k['kernel']} {k['profile_ms']:.2g} ms"
+            + (f" ({k['peak_fraction']:.0%} of peak)" if "peak_fraction" in k else "")
+            for k in top
+        ]
+        lines.append(f"  kernels:   {'; '.join(parts)} [peak {peak['gflops']:.0f} GFLOP/s]")
     if "timings_s" in report:
         t = report["timings_s"]
         lines.append("  time:      " + ", ".join(f"{k} {v:.1f} s" for k, v in t.items()))
