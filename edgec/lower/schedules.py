@@ -64,9 +64,12 @@ def _blocks(sch: s_tir.Schedule) -> list[dict]:
 
 
 def _anchor(blocks: list[dict]) -> tuple[int, dict]:
+    """The one reduction block (conv, matmul) of a kernel whose other blocks are injective."""
     reductions = [(i, b) for i, b in enumerate(blocks) if b["reduction"]]
     if len(reductions) != 1:
         raise Decline(f"{len(reductions)} reduction blocks")
+    if any(not b["spatial"] for b in blocks):
+        raise Decline("a block without spatial axes beside the reduction")
     return reductions[0]
 
 
@@ -124,10 +127,6 @@ class Conv2d:
         if len(weight.shape) != 4 or _param_index(func, weight) is None:
             raise Decline("weight is not a 4-D function parameter")
         cin_per_group, kh, kw = (int(d) for d in weight.shape[1:])
-        if any(
-            not (b["spatial"] and not b["reduction"]) for i, b in enumerate(blocks) if i != index
-        ):
-            raise Decline("non-injective block beside the convolution")
         last = blocks[-1]["extents"]
         if index != len(blocks) - 1 and last != conv["extents"][:4]:
             raise Decline("the output is not the convolution's shape")
@@ -232,10 +231,6 @@ class Matmul:
         index, mm = _anchor(blocks)
         if mm["reduce"] != 1 or mm["spatial"] < 2 or len(mm["reads"]) != 2:
             raise Decline("not a matmul block")
-        if any(
-            not (b["spatial"] and not b["reduction"]) for i, b in enumerate(blocks) if i != index
-        ):
-            raise Decline("non-injective block beside the matmul")
         if index != len(blocks) - 1 and blocks[-1]["extents"] != mm["extents"][: mm["spatial"]]:
             raise Decline("the output is not the matmul's shape")
         stmt = sch.get(mm["block"])
