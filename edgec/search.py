@@ -42,6 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgec import host
+
 MODES = ("none", "fast", "full")
 DEFAULT_BUDGET_S = 120.0  # fast
 TOP_K = 3  # full: candidates timed again
@@ -65,9 +67,7 @@ def default_db_path() -> Path:
     """``$EDGEC_TUNING_DB``, else ``$XDG_CACHE_HOME/edgec/tuning.db`` (``~/.cache`` when unset)."""
     if os.environ.get(DB_ENV):
         return Path(os.environ[DB_ENV]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME", "")
-    root = Path(base) if os.path.isabs(base) else Path.home() / ".cache"
-    return root / "edgec" / "tuning.db"
+    return host.cache_dir() / "tuning.db"
 
 
 _SCHEMA = """

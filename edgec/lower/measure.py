@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgec import host
 from edgec.lower import _tvm, set_threads
 
 REPEAT = 3  # timed repeats per candidate (the score is the fastest: noise only adds time)
@@ -131,15 +132,7 @@ def cpu_model() -> str:
     """The CPU, for the tuning-cache key: its marketing name and LLVM's name for it."""
     from edgec.lower import host_cpu
 
-    name = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("model name", "Processor", "Hardware")) and ":" in line:
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    name = name or platform.processor() or platform.machine()
+    name = host.cpu_name()
     if platform.machine() in ("x86_64", "AMD64", "i386", "i686"):
         name = f"{name} ({host_cpu()['mcpu']})"
     return name

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgec import targets
+from edgec import host, targets
 from edgec.lower import _tvm, host_cpu, set_threads, target_json, vector_lanes
 
 # M divides by every row block tried, N by every column block: no padding or tail predicates.
@@ -44,16 +44,6 @@ def _candidates(lanes: int) -> list[dict]:
         {"mb": 6, "nb": 2 * lanes, "kb": 4},
         {"mb": 4, "nb": 3 * lanes, "kb": 1},
     ]
-
-
-def cpu_model() -> str:
-    """The CPU's model name as /proc/cpuinfo reports it (platform.processor() elsewhere)."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() in ("model name", "Model", "Hardware") and value.strip():
-                return value.strip()
-    return platform.processor() or platform.machine()
 
 
 def _matmul_func():
@@ -111,21 +101,18 @@ def measure_peak(threads: int) -> dict:
             f"{json.dumps(best_knobs, sort_keys=True)}, llvm -mcpu={cpu}, best of "
             f"{REPEAT} repeats x {len(_candidates(lanes))} register blocks"
         ),
-        "cpu": f"{cpu_model()} ({cpu})",
+        "cpu": f"{host.cpu_name()} ({cpu})",
         "seconds": round(time.perf_counter() - start, 3),
     }
 
 
 def cache_path(cache_dir: str | os.PathLike | None = None) -> Path:
-    """``cache_dir/peak.json``; by default under $XDG_CACHE_HOME (or ~/.cache) /edgec."""
-    if cache_dir is None:
-        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-        cache_dir = Path(base) / "edgec"
-    return Path(cache_dir) / "peak.json"
+    """``cache_dir/peak.json``; by default in edgec's cache directory (``edgec.host``)."""
+    return Path(cache_dir if cache_dir is not None else host.cache_dir()) / "peak.json"
 
 
 def cache_key(threads: int) -> str:
-    return f"v{CACHE_VERSION}|{cpu_model()}|{host_cpu()['mcpu']}|{threads}"
+    return f"v{CACHE_VERSION}|{host.cpu_name()}|{host_cpu()['mcpu']}|{threads}"
 
 
 def _load(path: Path) -> dict:
