@@ -345,6 +345,20 @@ def _private_params(node: ir.Node, params: Sequence[ir.Value | None]) -> str | N
     return None
 
 
+def _weight_refusal(linear: ir.Node) -> str | None:
+    """Why the weight (and bias) of ``linear`` cannot take a fold: shared with another node,
+    not float, or (MatMul) not 2-D."""
+    reason = _private_params(linear, linear.inputs[1:3])
+    if reason:
+        return reason
+    w = _ir.const(linear.inputs[1])
+    if not np.issubdtype(w.dtype, np.floating):
+        return f"{_describe(linear)} weight is not float"
+    if linear.op_type == "MatMul" and w.ndim != 2:
+        return f"{_describe(linear)} weight is not 2-D"
+    return None
+
+
 def _reemit(op, x: ir.Value, carriers: Sequence[ir.Node]) -> ir.Value:
     """Apply copies of ``carriers`` (graph order) to x."""
     for node in carriers:
@@ -482,14 +496,10 @@ def producer_refusal(p: _Producer) -> str | None:
     reason = _single_use(mid + [c.outputs[0] for c in p.carriers])
     if reason:
         return reason
-    reason = _private_params(p.linear, p.linear.inputs[1:3])
+    reason = _weight_refusal(p.linear)
     if reason:
         return reason
     w = _ir.const(p.linear.inputs[1])
-    if not np.issubdtype(w.dtype, np.floating):
-        return f"{_describe(p.linear)} weight is not float"
-    if p.linear.op_type == "MatMul" and w.ndim != 2:
-        return f"{_describe(p.linear)} weight is not 2-D"
     group = _attr_i(p.linear, "group", 1)
     if p.linear.op_type == "ConvTranspose" and w.shape[0] % group:
         return f"ConvTranspose in_channels {w.shape[0]} not divisible by group {group}"
@@ -648,14 +658,10 @@ def _consumer_refusal_one(q: _Consumer, affine: Affine) -> str | None:
     reason = _single_use([c.outputs[0] for c in q.carriers])
     if reason:
         return reason
-    reason = _private_params(q.linear, q.linear.inputs[1:3])
+    reason = _weight_refusal(q.linear)
     if reason:
         return reason
     w = _ir.const(q.linear.inputs[1])
-    if not np.issubdtype(w.dtype, np.floating):
-        return f"{_describe(q.linear)} weight is not float"
-    if q.linear.op_type == "MatMul" and w.ndim != 2:
-        return f"{_describe(q.linear)} weight is not 2-D"
     axis = _carry_through(affine, q.carriers, forward=True)
     if isinstance(axis, str):
         return axis
