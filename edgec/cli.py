@@ -345,7 +345,7 @@ def zoo_export(obj: _Context, name, output, opset, dynamo, seed, force) -> None:
 
 @cli.group()
 def cache() -> None:
-    """The tuning cache of --search (kernel timings per machine)."""
+    """The tuning cache of --search (kernel timings per machine) and the build cache."""
 
 
 _TUNING_DB = click.option(
@@ -358,10 +358,12 @@ _TUNING_DB = click.option(
 @_TUNING_DB
 @click.option("--json", "as_json", is_flag=True, help="Print the information as JSON.")
 def cache_info(tuning_db, as_json) -> None:
-    """Where the tuning cache is, how many entries it has and its size."""
+    """Where the tuning and build caches are, how many entries they have and their size."""
     from edgec import search
+    from edgec.lower import build_cache
 
     info = _cache_call(search.cache_info, tuning_db)
+    info["builds"] = build_cache.info()
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
@@ -370,15 +372,26 @@ def cache_info(tuning_db, as_json) -> None:
     click.echo(f"size:    {info['size_bytes'] / 1024:.1f} KiB")
     for v in info.get("by_version", []):
         click.echo(f"  {v['entries']:6d}  edgec {v['edgec']}, tvm {v['tvm']}, {v['cpu']}")
+    b = info["builds"]
+    mib = b["size_bytes"] / 2**20
+    click.echo(f"builds:  {b['entries']} libraries, {mib:.1f} MiB in {b['path']}")
 
 
 @cache.command("clear")
 @_TUNING_DB
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
 def cache_clear(tuning_db, yes) -> None:
-    """Delete every entry of the tuning cache."""
+    """Delete every entry of the tuning cache (and the build cache, unless --tuning-db)."""
     from edgec import search
+    from edgec.lower import build_cache
 
+    if not tuning_db and build_cache.info()["entries"]:
+        if not yes and not _interactive():
+            raise InvalidInputError("not a terminal: pass --yes to clear the caches")
+        folder = build_cache.directory()
+        if yes or click.confirm(f"Delete the build cache {folder}?", default=False):
+            n = build_cache.clear()
+            click.echo(f"{folder}: {n} librar{'y' if n == 1 else 'ies'} deleted")
     path = Path(tuning_db) if tuning_db else search.default_db_path()
     if not path.exists():
         click.echo(f"{path}: no tuning cache, nothing to clear")

@@ -8,6 +8,7 @@ constant folding, operator fusion) plus dlight's CPU reduction rules, and compil
 from __future__ import annotations
 
 import os
+import shutil
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -15,7 +16,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from edgec._imports import import_without_torch
 from edgec.errors import UnsupportedModelError
+from edgec.lower import build_cache
 from edgec.targets import Target
 
 # x86 SIMD features that a CPU name implies but a VM may mask: disabled explicitly when the host
@@ -30,9 +33,7 @@ _ONNX_DOMAINS = ("", "ai.onnx")
 
 def _tvm():
     os.environ.setdefault("TVM_LOG_DEBUG", "0")
-    import tvm
-
-    return tvm
+    return import_without_torch("tvm")
 
 
 def tvm_version() -> str:
@@ -211,19 +212,50 @@ def build(
             mod = transform.FoldConstant()(mod)
         else:
             mod = dlight.ApplyDefaultSchedule(dlight.cpu.GEMV(), dlight.cpu.Reduction())(mod)
-    return tvm.compile(mod, target=tgt), records
+    return _compile(mod, tgt, target), records
+
+
+class Library:
+    """What ``build`` returns: TVM's executable, or the build cache's copy of its library."""
+
+    def __init__(self, executable=None, cached: Path | None = None, key: str | None = None):
+        self.executable, self.cached, self.key = executable, cached, key
+
+    def export_library(self, path: str, **kwargs) -> None:
+        if self.cached is not None:
+            shutil.copyfile(self.cached, path)
+            return
+        self.executable.export_library(path, **kwargs)
+        if self.key is not None:
+            build_cache.store(self.key, Path(path))
+
+
+def _compile(mod, tgt, target: Target) -> Library:
+    """``tvm.compile``, unless the build cache holds the library of this exact module."""
+    tvm = _tvm()
+    if not build_cache.enabled():
+        return Library(tvm.compile(mod, target=tgt))
+    import tvm_ffi
+
+    key = build_cache.key(tvm_ffi.structural_hash(mod), str(tgt), _linker(target), tvm.__version__)
+    cached = build_cache.lookup(key)
+    if cached is not None:
+        return Library(cached=cached)
+    return Library(tvm.compile(mod, target=tgt), key=key)
+
+
+def _linker(target: Target) -> str:
+    return "native" if target.runs_here else f"{target.mtriple.split('-')[0]}-linux-gnu-g++"
 
 
 def export(executable, path: Path, target: Target) -> None:
-    """Write the executable as a shared library that the TVM runtime can load."""
+    """Write the executable (or ``Library``) as a shared library the TVM runtime can load."""
     if target.runs_here:
         executable.export_library(str(path))
     else:
         from tvm.support import cc
 
-        executable.export_library(
-            str(path), fcompile=cc.cross_compiler(f"{target.mtriple.split('-')[0]}-linux-gnu-g++")
-        )
+        executable.export_library(str(path), fcompile=cc.cross_compiler(_linker(target)))
 
 
 def set_threads(threads: int) -> int:

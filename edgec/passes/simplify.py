@@ -10,6 +10,7 @@ from collections import Counter
 
 import onnx
 
+from edgec._imports import import_without_torch
 from edgec.passes.base import PassResult
 
 
@@ -18,8 +19,7 @@ class Simplify:
     summary = "onnxsim: fold constants, remove shape computations and redundant nodes"
 
     def __call__(self, model: onnx.ModelProto) -> PassResult:
-        import onnxsim
-
+        onnxsim = import_without_torch("onnxsim")
         before = Counter(n.op_type for n in model.graph.node)
         try:
             simplified, _ = onnxsim.simplify(model, check_n=0)
