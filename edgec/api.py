@@ -78,13 +78,19 @@ class _Step:
         self.steps, self.name, self.what = steps, name, what
 
     def __enter__(self):
-        self.steps.log(f"{self.what} ...")
+        # A log with ``start`` (edgec.progress.Progress) shows the step live (spinner, elapsed).
+        start = getattr(self.steps.log, "start", None)
+        self.live = start(self.what) if start else None
+        if self.live is None:
+            self.steps.log(f"{self.what} ...")
         self.t0 = time.perf_counter()
 
     def __exit__(self, exc_type, *_):
         dt = time.perf_counter() - self.t0
         self.steps.seconds[self.name] = round(dt, 3)
-        if exc_type is None:
+        if self.live is not None:
+            self.live.stop(ok=exc_type is None)
+        elif exc_type is None:
             self.steps.log(f"{self.what}: done in {dt:.1f} s")
 
 

@@ -31,10 +31,7 @@ def kernel_bytes(mod) -> dict[str, int]:
     for gv, func in mod.functions.items():
         if not isinstance(func, tirx.PrimFunc):
             continue
-        params = (
-            [func.buffer_map.get(p, p) for p in func.params] if func.buffer_map else func.params
-        )
-        sizes = [_size(p) for p in params]
+        sizes = [_size(p) for p in func.params]  # TVM 0.27: params are buffers
         if sizes and all(s is not None for s in sizes):
             result[gv.name_hint] = sum(sizes)
     return result
