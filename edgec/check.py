@@ -137,7 +137,7 @@ def text(result: dict) -> str:
     if not p["evaluated"]:
         lines.append(f"  not evaluated: {p['reason']}")
     for row in p.get("pipeline", []):
-        fires = ", ".join(f"{k} x{v}" for k, v in row["fires"].items())
+        fires = ", ".join(f"{k} {v}" for k, v in row["fires"].items())
         nodes = f" ({row['nodes_before']} -> {row['nodes_after']} nodes)" if fires else ""
         lines.append(f"  {row['name']:16s} {'fires: ' + fires if fires else 'nothing to do'}"
                      + nodes)  # fmt: skip

@@ -7,6 +7,7 @@ numbers (e.g. ``--no-bench``: no latency, no profile).
 from __future__ import annotations
 
 import io
+import re
 
 __all__ = ["kernels", "latency", "roofline"]
 
@@ -29,6 +30,7 @@ def _svg(fig) -> str:
     fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
     _pyplot().close(fig)
     text = buf.getvalue()
+    text = re.sub(r"\s*<metadata>.*?</metadata>", "", text, flags=re.S)  # RDF boilerplate
     return text[text.index("<svg") :]  # drop the XML prolog and doctype: inline in HTML
 
 
