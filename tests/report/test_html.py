@@ -87,3 +87,32 @@ def test_screenshot_in_headless_chromium(artifact, tmp_path):
     dark = sum(image.histogram()[:128]) / (image.size[0] * image.size[1])
     assert dark > 0.01, f"the page looks blank ({dark:.2%} dark pixels)"
     shutil.copy(shot, tmp_path / shot.name)
+
+
+def test_passes_and_search_tables():
+    report = {
+        "model": "m.onnx", "target": "x86_64", "precision": "fp32", "threads": 2,
+        "passes": [
+            {"name": "fuse_batchnorm", "round": 1, "status": "applied", "nodes_before": 5,
+             "nodes_after": 3, "stats": {"FuseBatchNormIntoConv": 2, "CancelLayoutPair": 0},
+             "declined": ["bn7: weight W shared with node n3"], "seconds": 0.01},
+            {"name": "extract_conv", "round": 1, "status": "reverted", "nodes_before": 3,
+             "nodes_after": 3, "stats": {"regions_extracted": 1}, "declined": [],
+             "reason": "scaled error 0.3 > tolerance 0.0001", "seconds": 0.2},
+        ],
+        "search": {"mode": "fast", "budget_s": 60.0, "seconds": 12.5, "kernels_measured": 1,
+                   "candidates_tried": 3, "cache_hits": 0},
+        "kernels": [{"kernel": "conv", "template": "conv2d", "knobs": {"fb": 16}, "ms": 0.5,
+                     "candidates": [{"knobs": {"fb": 16}, "ms": 0.5}, {"knobs": {"fb": 8},
+                                    "ms": 0.75}, {"knobs": {"fb": 4}, "ms": None}]}],
+    }  # fmt: skip
+    md = markdown.render(report)
+    assert ("| fuse_batchnorm | 1 | applied | 5 -> 3 | FuseBatchNormIntoConv 2 | "
+            "bn7: weight W shared with node n3 | 0.01 |") in md  # fmt: skip
+    assert ("| extract_conv | 1 | reverted | 3 -> 3 | regions_extracted 1 | "
+            "REVERTED: scaled error 0.3 > tolerance 0.0001 | 0.2 |") in md  # fmt: skip
+    assert "fast: 12.5 of 60 s, 1 kernel(s) measured, 3 candidates tried, 0 from the cache" in md
+    assert '| conv | {"fb": 16} | 0.5 | 3 | 0.5 | 0.75 |' in md
+    assert "passes reverted**: extract_conv" in md
+    page = html.render(report)
+    assert '<section id="search">' in page and "<td>REVERTED: scaled error 0.3" in page
