@@ -34,6 +34,13 @@ def _svg(fig) -> str:
     return text[text.index("<svg") :]  # drop the XML prolog and doctype: inline in HTML
 
 
+def _template_legend(rows: list[dict]) -> list:
+    from matplotlib.patches import Patch
+
+    used = dict.fromkeys(k.get("template") for k in rows)
+    return [Patch(color=TEMPLATE_COLORS.get(t, "#7f7f7f"), label=t or "TVM default") for t in used]
+
+
 def latency(report: dict) -> str | None:
     """Histogram of the timed calls of each engine, p50 and p99 marked."""
     lat = report.get("latency") or {}
@@ -82,10 +89,7 @@ def kernels(report: dict, top: int = 15) -> str | None:
     ax.invert_yaxis()
     ax.set_xlabel("ms per inference")
     ax.set_title("Time per kernel (colour: schedule template)")
-    for template, color in TEMPLATE_COLORS.items():
-        if any(k.get("template") == template for k in rows):
-            ax.barh([], [], color=color, label=template or "TVM default")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(handles=_template_legend(rows), fontsize=7, loc="lower right")
     return _svg(fig)
 
 
@@ -108,13 +112,16 @@ def roofline(report: dict) -> str | None:
     sizes = [20 + 400 * k.get("profile_ms", 0) / total for k in rows]
     colors = [TEMPLATE_COLORS.get(k.get("template"), "#7f7f7f") for k in rows]
     ax.scatter(xs, [k["gflops"] for k in rows], s=sizes, c=colors, alpha=0.7, edgecolors="k")
-    for k in sorted(rows, key=lambda k: -k.get("profile_ms", 0))[:5]:
-        ax.annotate(f"{k['kernel'][:28]} ({k['roof_fraction']:.0%})", (k["intensity"], k["gflops"]),
-                    fontsize=6, xytext=(4, -8), textcoords="offset points")  # fmt: skip
+    for i, k in enumerate(sorted(rows, key=lambda k: -k.get("profile_ms", 0))[:3]):
+        ax.annotate(f"{k['kernel'][:32]}: {k['roof_fraction']:.0%} of roof",
+                    (k["intensity"], k["gflops"]), xytext=(12, -14 - 11 * i),
+                    textcoords="offset points", fontsize=6,
+                    arrowprops={"arrowstyle": "-", "color": "#888", "linewidth": 0.5})  # fmt: skip
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("arithmetic intensity (FLOP / byte of compulsory traffic)")
     ax.set_ylabel("achieved GFLOP/s")
     ax.set_title("Roofline: the efficiency gap per kernel (size: share of time)")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(handles=[*ax.get_legend_handles_labels()[0], *_template_legend(rows)], fontsize=7,
+              loc="lower right")  # fmt: skip
     return _svg(fig)
