@@ -76,7 +76,7 @@ def test_screenshot_in_headless_chromium(artifact, tmp_path):
     for title in ("Latency distribution", "Time per kernel", "Roofline"):
         assert title in dom
     assert dom.count("<svg") >= 3
-    shot = Path("build") / "report-screenshot.png"
+    shot = Path(__file__).resolve().parents[2] / "build" / "report-screenshot.png"
     shot.parent.mkdir(exist_ok=True)
     subprocess.run([*flags, f"--screenshot={shot.resolve()}", "--window-size=1200,2400", page],
                    capture_output=True, timeout=120, check=True)  # fmt: skip
@@ -116,3 +116,12 @@ def test_passes_and_search_tables():
     assert "passes reverted**: extract_conv" in md
     page = html.render(report)
     assert '<section id="search">' in page and "<td>REVERTED: scaled error 0.3" in page
+
+
+def test_a_bench_result_renders_its_latency(cli, artifact, tmp_path):
+    result = cli("-q", "bench", artifact, "--runs", "5", "--budget", "0.1", "--no-reference",
+                 "--json")  # fmt: skip
+    (tmp_path / "bench.json").write_text(result.out)
+    md = cli("report", tmp_path / "bench.json").out
+    p50 = json.loads(result.out)["edgec"]["p50_ms"]
+    assert f"- **latency**: edgec p50 {p50:.4g} ms" in md and "| edgec |" in md
