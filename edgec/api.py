@@ -218,10 +218,7 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
             report["gates"] = evaluate_gates(report, gates)
         if html_report:
             with step("html", "write report.html"):
-                from edgec.report import html
-
-                report["timings_s"] = step.seconds
-                html.write(report, tmp / html.FILE)
+                _write_html(report, step.seconds, tmp, log)
         report["timings_s"] = step.seconds
         artifact.write_json(tmp / artifact.MANIFEST, manifest)
         artifact.write_json(tmp / artifact.REPORT, report)
@@ -377,6 +374,18 @@ def _profile_kernels(
         "top": [{"kernel": r["kernel"], "ms": r["ms"], "share": r["share"]} for r in rows[:5]],
     }
     return peak, summary
+
+
+def _write_html(report: dict, seconds: dict, directory: Path, log: Log) -> None:
+    """report.html beside report.json; a plotting failure costs the page, never the artifact
+    (``report["html_error"]`` says why)."""
+    from edgec.report import html
+
+    try:
+        html.write({**report, "timings_s": seconds}, directory / html.FILE)
+    except Exception as e:  # matplotlib or a report shape the renderer did not expect
+        report["html_error"] = f"{type(e).__name__}: {e}"
+        log(f"report.html not written: {report['html_error']}")
 
 
 def _roofline(kernels: list[dict], peak: dict, threads: int) -> dict:

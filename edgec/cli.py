@@ -450,7 +450,9 @@ def diff(old, new, fail_pct, as_json) -> None:  # fmt: skip
 @_input_shape_option
 @_pass_options
 @click.option("--json", "as_json", is_flag=True, help="Print the matrix as JSON.")
-def check(model, target, input_shapes, skip_pass, only_pass, as_json) -> None:
+@_quiet_option
+@click.pass_obj
+def check(obj: _Context, model, target, input_shapes, skip_pass, only_pass, as_json) -> None:
     """Op coverage of MODEL.onnx before compiling: which ops lower for the target, which passes
     would fire (run on a copy, nothing written); exit 3 if any op is unsupported."""
     from edgec import check as check_mod
@@ -458,8 +460,10 @@ def check(model, target, input_shapes, skip_pass, only_pass, as_json) -> None:
     from edgec.errors import UnsupportedModelError
 
     with _stdout_reserved(as_json):
+        step = obj.log.start(f"check {model} (passes on a copy)")
         result = check_mod.check(model, target, input_shapes=frontend.parse_input_shapes(
             input_shapes), skip_passes=skip_pass, only_passes=only_pass)  # fmt: skip
+        step.stop()
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:

@@ -125,3 +125,17 @@ def test_a_bench_result_renders_its_latency(cli, artifact, tmp_path):
     md = cli("report", tmp_path / "bench.json").out
     p50 = json.loads(result.out)["edgec"]["p50_ms"]
     assert f"- **latency**: edgec p50 {p50:.4g} ms" in md and "| edgec |" in md
+
+
+def test_a_plotting_failure_costs_the_page_not_the_artifact(conv_relu, tmp_path, monkeypatch):
+    from edgec import api
+
+    def broken(report, path):
+        raise RuntimeError("no plots today")
+
+    monkeypatch.setattr(html, "write", broken)
+    result = api.compile(conv_relu, tmp_path / "out", input_shapes={"x": (1, 3, 16, 16)},
+                         bench=False)  # fmt: skip
+    assert result.report["html_error"] == "RuntimeError: no plots today"
+    assert not (tmp_path / "out" / "report.html").exists()
+    assert (tmp_path / "out" / "model.so").is_file()
