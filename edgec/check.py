@@ -80,9 +80,14 @@ def check(
     proto, _ = frontend.load(model)
     unsupported = lower.unsupported_nodes(proto)
     bad_nodes = {(n["op_type"], n["domain"]) for n in unsupported}
-    counts = collections.Counter(
-        (node.op_type, node.domain or "ai.onnx") for _, node in lower._all_nodes(proto.graph)
-    )
+    nodes = [
+        {"node": prefix + (node.name or f"<unnamed {node.op_type}>"), "op_type": node.op_type,
+         "domain": node.domain or "ai.onnx"}
+        for prefix, node in lower._all_nodes(proto.graph)
+    ]  # fmt: skip
+    for n in nodes:
+        n["lowers"] = (n["op_type"], n["domain"]) not in bad_nodes
+    counts = collections.Counter((n["op_type"], n["domain"]) for n in nodes)
     ops = [
         {"op_type": op, "domain": domain, "nodes": n, "lowers": (op, domain) not in bad_nodes,
          **({"suggestion": suggestion(op, domain)} if (op, domain) in bad_nodes else {})}
@@ -93,6 +98,7 @@ def check(
         "target": tgt.name,
         "nodes": sum(counts.values()),
         "ops": ops,
+        "node_coverage": nodes,
         "unsupported": unsupported,
         "supported": not unsupported,
         "passes": _passes(proto, input_shapes, pipeline, seed),

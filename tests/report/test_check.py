@@ -43,6 +43,8 @@ def test_unsupported_op_exits_3_with_matrix_and_suggestions(cli, tmp_path):
     data = json.loads(cli("check", path, "--json").out)
     assert data["supported"] is False
     assert [n["node"] for n in data["unsupported"]] == ["n0", "n3"]
+    assert [(n["node"], n["lowers"]) for n in data["node_coverage"]] == [
+        ("n0", False), ("n1", True), ("n2", True), ("n3", False)]  # fmt: skip
     # compile fails with the same listing (exit 3, nothing written)
     result = cli("-q", "compile", path, "-o", tmp_path / "out")
     assert result.code == 3 and not (tmp_path / "out").exists()
