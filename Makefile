@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   := build/demo
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench clean chromium
 
 setup: $(STAMP)
 
@@ -20,8 +20,14 @@ demo: $(STAMP)
 	$(BIN)/edgec zoo export resnet18 -o $(DEMO)/resnet18.onnx --force
 	$(BIN)/edgec compile $(DEMO)/resnet18.onnx -o $(DEMO)/resnet18 --force --bench-budget 5
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest -q -ra --durations=15
+
+# Headless Chromium for the report screenshot test (tests/report/test_html.py); apt is shared
+# with other setup steps, hence the lock. Skipped when chromium is already installed.
+chromium:
+	@command -v chromium >/dev/null || flock /tmp/edgec-apt.lock sh -c \
+	  'command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)'
 
 lint: $(STAMP)
 	$(BIN)/ruff check edgec tests bench

@@ -22,6 +22,8 @@ from edgec import artifact, frontend, passes, targets, verify
 from edgec.errors import InvalidInputError, VerificationError
 from edgec.frontend import TensorSpec
 from edgec.report import latency
+from edgec.report.gates import Gates
+from edgec.report.gates import evaluate as evaluate_gates
 
 __all__ = [
     "CompileResult", "CompiledModel", "OptimizeResult", "bench", "compile", "load", "optimize",
@@ -76,13 +78,19 @@ class _Step:
         self.steps, self.name, self.what = steps, name, what
 
     def __enter__(self):
-        self.steps.log(f"{self.what} ...")
+        # A log with ``start`` (edgec.progress.Progress) shows the step live (spinner, elapsed).
+        start = getattr(self.steps.log, "start", None)
+        self.live = start(self.what) if start else None
+        if self.live is None:
+            self.steps.log(f"{self.what} ...")
         self.t0 = time.perf_counter()
 
     def __exit__(self, exc_type, *_):
         dt = time.perf_counter() - self.t0
         self.steps.seconds[self.name] = round(dt, 3)
-        if exc_type is None:
+        if self.live is not None:
+            self.live.stop(ok=exc_type is None)
+        elif exc_type is None:
             self.steps.log(f"{self.what}: done in {dt:.1f} s")
 
 
@@ -106,6 +114,8 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
     search: str = "none",
     search_budget_s: float | None = None,
     tuning_db: str | os.PathLike | None = None,
+    gates: Gates | None = None,
+    html_report: bool = True,
     log: Log = _quiet,
 ) -> CompileResult:
     """Compile an ONNX model into a deployable artifact directory ``output``.
@@ -113,6 +123,10 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
     ``search`` picks each kernel's schedule knobs: ``none`` (the templates' defaults), ``fast``
     (latency-measured on this machine within ``search_budget_s``, 120 s by default) or ``full``
     (every candidate); results are cached in ``tuning_db`` (see ``edgec.search``).
+
+    ``gates`` (``edgec.report.gates.Gates``) are evaluated into ``report["gates"]``; a violated
+    gate does not stop the compile (the artifact is written): the caller decides (the CLI exits 1).
+    ``html_report`` also writes ``report.html`` (plots; see ``edgec.report.html``).
 
     Raises InvalidInputError (bad input), UnsupportedModelError (ops TVM cannot lower) or
     VerificationError (results differ from onnxruntime beyond ``tolerance``); in every error case
@@ -199,6 +213,12 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
                 report["peak"], report["profile"] = _profile_kernels(
                     report["kernels"], tmp / artifact.LIBRARY, imported.inputs, threads, seed
                 )
+                report["bandwidth"] = _roofline(report["kernels"], report["peak"], threads)
+        if gates is not None and gates.active:
+            report["gates"] = evaluate_gates(report, gates)
+        if html_report:
+            with step("html", "write report.html"):
+                _write_html(report, step.seconds, tmp, log)
         report["timings_s"] = step.seconds
         artifact.write_json(tmp / artifact.MANIFEST, manifest)
         artifact.write_json(tmp / artifact.REPORT, report)
@@ -256,7 +276,17 @@ def _verify(
 
     runtime = lower.Runtime(lib_dir / artifact.LIBRARY, threads)
     actual = runtime.run([feeds[s.name] for s in imported.inputs])
+    return _verification(expected, actual, source, tolerance)
+
+
+def _verification(expected: dict, actual: list, source: str, tolerance: float) -> dict:
+    """The report's ``verification`` section: artifact outputs vs onnxruntime's."""
     metrics = verify.compare_all(dict(zip(expected, actual, strict=True)), expected)
+    top1 = {}
+    for (name, ref), got in zip(expected.items(), actual, strict=True):
+        agreement = verify.top1_agreement(got, ref)
+        if agreement is not None:
+            metrics[name]["top1_agreement"] = top1[name] = agreement
     worst = verify.worst(metrics)
     return {
         "inputs": source,
@@ -268,6 +298,7 @@ def _verify(
         "max_rel_err": max(m.get("max_rel_err", np.inf) for m in metrics.values()),
         "min_cosine": min(m.get("cosine", -1.0) for m in metrics.values()),
         "scaled_err": worst["scaled_err"],
+        **({"top1_agreement": min(top1.values())} if top1 else {}),
     }
 
 
@@ -343,6 +374,28 @@ def _profile_kernels(
         "top": [{"kernel": r["kernel"], "ms": r["ms"], "share": r["share"]} for r in rows[:5]],
     }
     return peak, summary
+
+
+def _write_html(report: dict, seconds: dict, directory: Path, log: Log) -> None:
+    """report.html beside report.json; a plotting failure costs the page, never the artifact
+    (``report["html_error"]`` says why)."""
+    from edgec.report import html
+
+    try:
+        html.write({**report, "timings_s": seconds}, directory / html.FILE)
+    except Exception as e:  # matplotlib or a report shape the renderer did not expect
+        report["html_error"] = f"{type(e).__name__}: {e}"
+        log(f"report.html not written: {report['html_error']}")
+
+
+def _roofline(kernels: list[dict], peak: dict, threads: int) -> dict:
+    """This machine's measured memory bandwidth; adds each kernel's place on the roofline."""
+    from edgec.lower.peak import cached_bandwidth
+    from edgec.report import roofline
+
+    bandwidth = cached_bandwidth(threads)
+    roofline.annotate(kernels, peak, bandwidth)
+    return bandwidth
 
 
 @dataclasses.dataclass
@@ -427,15 +480,30 @@ def bench(
     budget_s: float = 10.0,
     seed: int = 0,
     reference: bool = True,
+    verify_result: bool = False,
+    gates: Gates | None = None,
 ) -> dict:
     """Measure an artifact's latency, and onnxruntime's on the same model in the same run.
 
     onnxruntime runs the source model when it is still where it was compiled from (same sha256),
-    else the artifact's optimized ``model.onnx``; the report says which.
+    else the artifact's optimized ``model.onnx``; the report says which. ``verify_result`` (on
+    whenever an accuracy gate is given) also compares the artifact's outputs with onnxruntime's
+    (graph optimizations off) on seeded random inputs: ``verification``. ``gates`` are evaluated
+    into ``gates`` (the caller decides what a violation means).
     """
     model = load(path, threads)
     threads = model.threads
     feeds = verify.random_inputs(model.inputs, seed)
+    verification = None
+    if verify_result or (gates is not None and gates.needs_verification):
+        source, which = _reference_model(model)
+        ref = onnx.load(source) if isinstance(source, Path) else source
+        expected = verify.reference_outputs(ref, feeds)
+        actual = model._runtime.run([feeds[s.name] for s in model.inputs])
+        precision = model.manifest.get("precision", "fp32")
+        verification = _verification(expected, actual, f"random (seed {seed})",
+                                     verify.TOLERANCE.get(precision, 1e-4))  # fmt: skip
+        verification["reference"] = f"onnxruntime (graph optimizations off) on the {which}"
     engines = {"edgec": model._runtime.prepare([feeds[s.name] for s in model.inputs])}
     result: dict = {"threads": threads}
     if reference:
@@ -448,6 +516,10 @@ def bench(
         result["edgec_vs_onnxruntime_p50"] = (
             result["edgec"]["p50_ms"] / result["onnxruntime"]["p50_ms"]
         )
+    if verification is not None:
+        result["verification"] = verification
+    if gates is not None and gates.active:
+        result["gates"] = evaluate_gates(result, gates)
     return result
 
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import tempfile
-import time
 import traceback
 from pathlib import Path
 
@@ -14,7 +14,8 @@ import click
 import numpy as np
 
 from edgec import artifact, targets
-from edgec.errors import EdgecError, ExitCode, InvalidInputError
+from edgec.errors import EdgecError, ExitCode, GateError, InvalidInputError, UnsupportedModelError
+from edgec.progress import Progress
 
 EXIT_CODES = """\b
 Exit codes:
@@ -27,12 +28,72 @@ Exit codes:
 
 class _Context:
     def __init__(self, debug: bool, quiet: bool):
-        self.debug, self.quiet = debug, quiet
-        self.t0 = time.perf_counter()
+        self.debug = debug
+        self.log = Progress(quiet)  # progress and messages: stderr only
 
-    def log(self, message: str) -> None:
-        if not self.quiet:
-            click.echo(f"[{time.perf_counter() - self.t0:6.1f}s] {message}", err=True)
+
+def _quiet_option(f):
+    """``-q/--quiet`` after the command name too (``edgec compile ... --quiet``)."""
+
+    def silence(ctx: click.Context, _param, value: bool) -> None:
+        if value:
+            ctx.find_object(_Context).log.quiet = True
+
+    return click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=silence,
+                        help="No progress messages on stderr.")(f)  # fmt: skip
+
+
+@contextlib.contextmanager
+def _stdout_reserved(reserved: bool):
+    """With ``--json``, stdout carries only the JSON: anything else written to it meanwhile
+    (Python prints, or C++ libraries writing to file descriptor 1) goes to stderr."""
+    if not reserved:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _gate_options(f):
+    """The CI gates of compile and bench (docs/ci.md); a violated one exits 1."""
+    for name, kind, meta, text in reversed((
+        ("--max-latency-ms", float, "MS", "Fail if edgec's p50 latency exceeds MS."),
+        ("--max-p99-ms", float, "MS", "Fail if edgec's p99 latency exceeds MS."),
+        ("--baseline", click.Path(), "OLD/", "A previous artifact (or its report.json) for "
+         "--max-regression."),
+        ("--max-regression", str, "PCT", "Fail if p50 grew more than PCT over --baseline "
+         "[5%]."),
+        ("--min-cosine", float, "C", "Fail if any output's cosine vs onnxruntime is below C."),
+        ("--max-abs-err", float, "E", "Fail if the max abs error vs onnxruntime exceeds E."),
+        ("--min-top1-agreement", float, "F", "Fail if the top-1 (argmax) agreement with "
+         "onnxruntime is below F (0..1)."),
+    )):  # fmt: skip
+        f = click.option(name, type=kind, default=None, metavar=meta, help=text)(f)
+    return f
+
+
+def _make_gates(options: dict):
+    from edgec.report.gates import Gates, parse_percent
+
+    if options.get("max_regression") is not None:
+        options = {**options, "max_regression": parse_percent(options["max_regression"])}
+    return Gates(**options)
+
+
+def _enforce_gates(report: dict) -> None:
+    from edgec.report.gates import error_message, failed
+
+    results = report.get("gates") or []
+    if failed(results):
+        raise GateError(error_message(results), report)
 
 
 @click.group(epilog=EXIT_CODES, context_settings={"help_option_names": ["-h", "--help"]})
@@ -123,32 +184,47 @@ def _pass_options(f):
     help="Tuning cache [$EDGEC_TUNING_DB, else $XDG_CACHE_HOME/edgec/tuning.db, "
     "else ~/.cache/edgec/tuning.db].",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print report.json on stdout.")
+@click.option("--no-html", is_flag=True, help="Do not write OUT/report.html.")
+@_gate_options
+@click.option("--json", "as_json", is_flag=True,
+              help="Print report.json on stdout (nothing else goes to stdout).")  # fmt: skip
+@_quiet_option
 @click.pass_obj
 def compile(obj: _Context, model, output, target, input_shapes, force, skip_pass, only_pass,
             no_verify, verify_input, tolerance, threads, no_bench, bench_runs, bench_budget,
-            seed, search, budget, tuning_db, as_json) -> None:  # fmt: skip
+            seed, search, budget, tuning_db, no_html, as_json, **gate_options) -> None:  # fmt: skip
     """Compile MODEL.onnx into a deployable artifact directory OUT/.
 
     With --search fast|full, each kernel's schedule is chosen by timing its candidates on this
-    machine (Ctrl-C stops the search and compiles with the best found so far)."""
+    machine (Ctrl-C stops the search and compiles with the best found so far).
+
+    With gates (--max-latency-ms, --min-cosine, ...) a violated gate exits 1 after OUT/ is
+    written (the artifact works; it is too slow or not accurate enough: see report.json gates)."""
     from edgec import api, frontend
+    from edgec.check import unsupported_text
     from edgec.errors import VerificationError
     from edgec.report.summary import summary
 
+    gates = _make_gates(gate_options)
     try:
-        result = api.compile(
-            model, output, target=target, input_shapes=frontend.parse_input_shapes(input_shapes),
-            force=force, skip_passes=skip_pass, only_passes=only_pass,
-            verify_result=not no_verify, verify_inputs=_load_inputs(verify_input) or None,
-            tolerance=tolerance, threads=threads, bench=not no_bench, bench_runs=bench_runs,
-            bench_budget_s=bench_budget, seed=seed, search=search, search_budget_s=budget,
-            tuning_db=tuning_db, log=obj.log,
-        )  # fmt: skip
+        with _stdout_reserved(as_json):
+            result = api.compile(
+                model, output, target=target,
+                input_shapes=frontend.parse_input_shapes(input_shapes), force=force,
+                skip_passes=skip_pass, only_passes=only_pass, verify_result=not no_verify,
+                verify_inputs=_load_inputs(verify_input) or None, tolerance=tolerance,
+                threads=threads, bench=not no_bench, bench_runs=bench_runs,
+                bench_budget_s=bench_budget, seed=seed, search=search, search_budget_s=budget,
+                tuning_db=tuning_db, gates=gates, html_report=not no_html, log=obj.log,
+            )  # fmt: skip
     except VerificationError as e:
         if as_json and e.report:
             click.echo(json.dumps(e.report, indent=2, default=artifact._jsonable))
         raise
+    except UnsupportedModelError as e:
+        if not e.nodes:
+            raise
+        raise UnsupportedModelError(unsupported_text(e.nodes), e.nodes) from e
     if as_json:
         click.echo(json.dumps(result.report, indent=2, default=artifact._jsonable))
     else:
@@ -156,6 +232,9 @@ def compile(obj: _Context, model, output, target, input_shapes, force, skip_pass
         s = result.report.get("search", {})
         if s.get("mode", "none") != "none":
             click.echo(f"  search:    {_search_summary(s)}")
+        for g in result.report.get("gates", []):
+            click.echo(f"  gate:      {g['message']}")
+    _enforce_gates(result.report)
 
 
 def _search_summary(s: dict) -> str:
@@ -252,18 +331,33 @@ def run(obj: _Context, artifact_dir, inputs, output, force, threads) -> None:
 )
 @click.option("--threads", type=int, default=0, help="CPU threads [as compiled].")
 @click.option("--no-reference", is_flag=True, help="Do not measure onnxruntime.")
+@click.option("--verify", "verify_result", is_flag=True,
+              help="Also compare outputs with onnxruntime (on with an accuracy gate).")  # fmt: skip
+@_gate_options
 @click.option("--json", "as_json", is_flag=True, help="Print the latency report as JSON.")
+@_quiet_option
 @click.pass_obj
-def bench(obj: _Context, artifact_dir, runs, budget, threads, no_reference, as_json) -> None:
-    """Measure the latency of an artifact (and of onnxruntime on its model)."""
-    from edgec import api
+def bench(obj: _Context, artifact_dir, runs, budget, threads, no_reference, verify_result,
+          as_json, **gate_options) -> None:  # fmt: skip
+    """Measure the latency of an artifact (and of onnxruntime on its model).
 
-    obj.log(f"measuring {artifact_dir} ...")
-    result = api.bench(artifact_dir, threads=threads, runs=runs, budget_s=budget,
-                       reference=not no_reference)  # fmt: skip
+    Gates (--max-latency-ms, --baseline, --min-cosine, ...) exit 1 when violated."""
+    from edgec import api
+    from edgec.report.sections import accuracy_verdict
+
+    gates = _make_gates(gate_options)
+    with _stdout_reserved(as_json):
+        step = obj.log.start(f"measuring {artifact_dir}")
+        result = api.bench(artifact_dir, threads=threads, runs=runs, budget_s=budget,
+                           reference=not no_reference, verify_result=verify_result,
+                           gates=gates)  # fmt: skip
+        step.stop()
     if as_json:
-        click.echo(json.dumps(result, indent=2))
+        click.echo(json.dumps(result, indent=2, default=artifact._jsonable))
+        _enforce_gates(result)
         return
+    if "verification" in result:
+        click.echo(f"accuracy: {accuracy_verdict(result['verification'])}")
     for engine in ("edgec", "onnxruntime"):
         if engine in result:
             s = result[engine]
@@ -277,6 +371,106 @@ def bench(obj: _Context, artifact_dir, runs, budget, threads, no_reference, as_j
             f"edgec / onnxruntime (p50): {result['edgec_vs_onnxruntime_p50']:.2f}x "
             f"[{result['threads']} threads; onnxruntime ran {result['onnxruntime_model']}]"
         )
+    for g in result.get("gates", []):
+        click.echo(f"gate: {g['message']}")
+    _enforce_gates(result)
+
+
+@cli.command(epilog=EXIT_CODES)
+@click.argument("artifact_dir", metavar="OUT/")
+@click.option(
+    "-f",
+    "--format",
+    "fmt",
+    type=click.Choice(["md", "html", "json"]),
+    default="md",
+    show_default=True,
+    help="md: for pull-request comments; html: with plots.",
+)
+@click.option("-o", "--output", default=None, metavar="FILE", help="Write here, not to stdout.")
+@click.option("--force", is_flag=True, help="Replace FILE if it exists.")
+def report(artifact_dir, fmt, output, force) -> None:
+    """Render an artifact's report.json (OUT/ or a report.json file) as Markdown, HTML or JSON."""
+    from edgec.report import html, markdown
+    from edgec.report.gates import load_report
+
+    data = load_report(artifact_dir)
+    if fmt == "json":
+        text = json.dumps(data, indent=2) + "\n"
+    else:
+        text = html.render(data) if fmt == "html" else markdown.render(data)
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    out = Path(output)
+    if out.exists() and not force:
+        raise InvalidInputError(f"{out} already exists; pass --force to replace it")
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent if str(out.parent) else ".")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, out)
+
+
+@cli.command(epilog=EXIT_CODES)
+@click.argument("old", metavar="OLD/")
+@click.argument("new", metavar="NEW/")
+@click.option(
+    "--fail-on-regression",
+    "fail_pct",
+    is_flag=False,
+    flag_value="5%",
+    default=None,
+    metavar="[PCT]",
+    help="Exit 1 if latency p50/p99 grew more than PCT (default 5%), "
+    "verification went from pass to fail, or top-1 agreement fell more than PCT points.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
+def diff(old, new, fail_pct, as_json) -> None:  # fmt: skip
+    """Compare two artifacts' reports (or report.json / bench --json files): latency, kernels,
+    accuracy."""
+    from edgec.report import diff as diff_mod
+    from edgec.report.gates import load_report, parse_percent
+
+    threshold = parse_percent(fail_pct) if fail_pct is not None else 0.05
+    rows = diff_mod.compare(load_report(old), load_report(new), threshold)
+    bad = diff_mod.regressions(rows)
+    if as_json:
+        click.echo(json.dumps({"threshold": threshold, "rows": rows,
+                               "regressions": len(bad)}, indent=2))  # fmt: skip
+    else:
+        click.echo(diff_mod.table(rows))
+    if fail_pct is not None and bad:
+        names = ", ".join(r["metric"] for r in bad)
+        raise GateError(f"{len(bad)} regression(s) over {threshold:.1%}: {names}")
+
+
+@cli.command(epilog=EXIT_CODES)
+@click.argument("model", metavar="MODEL.onnx")
+@click.option("-t", "--target", default="x86_64", show_default=True, help="See `edgec targets`.")
+@_input_shape_option
+@_pass_options
+@click.option("--json", "as_json", is_flag=True, help="Print the matrix as JSON.")
+@_quiet_option
+@click.pass_obj
+def check(obj: _Context, model, target, input_shapes, skip_pass, only_pass, as_json) -> None:
+    """Op coverage of MODEL.onnx before compiling: which ops lower for the target, which passes
+    would fire (run on a copy, nothing written); exit 3 if any op is unsupported."""
+    from edgec import check as check_mod
+    from edgec import frontend
+    from edgec.errors import UnsupportedModelError
+
+    with _stdout_reserved(as_json):
+        step = obj.log.start(f"check {model} (passes on a copy)")
+        result = check_mod.check(model, target, input_shapes=frontend.parse_input_shapes(
+            input_shapes), skip_passes=skip_pass, only_passes=only_pass)  # fmt: skip
+        step.stop()
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        click.echo(check_mod.text(result))
+    if not result["supported"]:
+        n = len(result["unsupported"])
+        raise UnsupportedModelError(f"{n} node(s) cannot be lowered for {result['target']}")
 
 
 @cli.command("targets")

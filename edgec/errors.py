@@ -41,3 +41,13 @@ class VerificationError(EdgecError):
     def __init__(self, message: str, report: dict | None = None):
         super().__init__(message)
         self.report = report
+
+
+class GateError(EdgecError):
+    """A CI gate (--max-latency-ms, --min-cosine, ...) was violated; the artifact is kept."""
+
+    exit_code = ExitCode.FAILED
+
+    def __init__(self, message: str, report: dict | None = None):
+        super().__init__(message)
+        self.report = report

@@ -151,3 +151,14 @@ def compare_all(
 def worst(metrics: Mapping[str, dict]) -> dict:
     """The per-output metrics with the largest scaled error."""
     return max(metrics.values(), key=lambda m: m["scaled_err"], default={"scaled_err": 0.0})
+
+
+def top1_agreement(actual: np.ndarray, expected: np.ndarray) -> float | None:
+    """Fraction of rows (all axes but the last) whose argmax over the last axis is the same in
+    both: a classifier's top-1 agreement. None when it does not apply (not a float output, no
+    class axis of size > 1, or shapes differ)."""
+    a, e = np.asarray(actual), np.asarray(expected)
+    if a.shape != e.shape or e.ndim == 0 or e.shape[-1] < 2 or e.dtype.kind != "f" or e.size == 0:
+        return None
+    rows_a, rows_e = a.reshape(-1, e.shape[-1]), e.reshape(-1, e.shape[-1])
+    return float(np.mean(np.argmax(rows_a, axis=1) == np.argmax(rows_e, axis=1)))

@@ -15,7 +15,7 @@ def test_compile_writes_a_complete_artifact(conv_relu, tmp_path):
     out = tmp_path / "out"
     result = edgec.compile(conv_relu, out, input_shapes=SHAPE, bench_runs=5, bench_budget_s=0.5)
     assert sorted(p.name for p in out.iterdir()) == [
-        "manifest.json", "model.onnx", "model.so", "report.json"
+        "manifest.json", "model.onnx", "model.so", "report.html", "report.json"
     ]  # fmt: skip
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["inputs"] == [{"name": "x", "shape": [1, 3, 16, 16], "dtype": "float32"}]

@@ -198,6 +198,9 @@ def build(
             mod = transform.FastMathTransform()(mod)
         mod = relax.get_pipeline("zero")(mod)
         if schedule:
+            from edgec.lower.traffic import kernel_bytes
+
+            traffic = kernel_bytes(mod)  # before scheduling: the buffers as computed
             lanes = vector_lanes(target)
             if tune is not None:
                 from edgec.lower import measure
@@ -207,6 +210,8 @@ def build(
                 mod, records = schedules.apply_all(mod, lanes)
             else:
                 mod, records = schedules.apply_all(mod, lanes, choose=choose)
+            for record in records:
+                record["bytes"] = traffic.get(record["kernel"])
             mod = transform.SplitLayoutRewritePreproc()(mod)
             mod = transform.LiftTransformParams()(mod)
             mod = transform.FoldConstant()(mod)

@@ -6,6 +6,11 @@
 reports of achieved GFLOP/s, measured with the same compiler and the same thread pool as the
 models. It takes a few seconds, so ``cached_peak`` keeps one result per (CPU model, LLVM CPU name,
 threads) in ``$XDG_CACHE_HOME/edgec/peak.json`` (default ``~/.cache/edgec/peak.json``).
+
+``measure_bandwidth`` is the memory roof beside it: a TVM-built, parallel, vectorized STREAM-style
+"add" (c = a + b over arrays far larger than the caches), in GB/s of bytes read and written;
+``cached_bandwidth`` keeps it in the same file. Together they make the roofline of the report:
+a kernel of arithmetic intensity I (FLOPs per byte) can reach at most min(peak, I x bandwidth).
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ M, N, K = 960, 1024, 1024
 REPEAT = 5  # timed repeats per candidate; the best one counts
 MIN_REPEAT_MS = 40  # each repeat runs the kernel at least this long
 CACHE_VERSION = 1  # bump when the method changes: older cached results are then ignored
+STREAM_N = 1 << 24  # floats per array of the bandwidth probe: 3 x 64 MiB, far beyond the caches
+BANDWIDTH_VERSION = 1
 
 
 def _candidates(lanes: int) -> list[dict]:
@@ -123,11 +130,15 @@ def _load(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _valid(entry) -> bool:
+def bandwidth_key(threads: int) -> str:
+    return f"bandwidth-v{BANDWIDTH_VERSION}|{host.cpu_name()}|{host_cpu()['mcpu']}|{threads}"
+
+
+def _valid(entry, value: str = "gflops") -> bool:
     return (
         isinstance(entry, dict)
-        and isinstance(entry.get("gflops"), int | float)
-        and entry["gflops"] > 0
+        and isinstance(entry.get(value), int | float)
+        and entry[value] > 0
         and {"threads", "method", "cpu", "seconds"} <= set(entry)
     )
 
@@ -136,12 +147,21 @@ def cached_peak(threads: int, cache_dir: str | os.PathLike | None = None) -> dic
     """``measure_peak(threads)``, measured once per machine: the result is kept per (CPU model,
     LLVM CPU name, threads) in a JSON file (see ``cache_path``), replaced atomically."""
     threads = threads if threads > 0 else set_threads(0)
+    return _cached(cache_key(threads), "gflops", lambda: measure_peak(threads), cache_dir)
+
+
+def cached_bandwidth(threads: int, cache_dir: str | os.PathLike | None = None) -> dict:
+    """``measure_bandwidth(threads)``, measured once per machine, cached like ``cached_peak``."""
+    threads = threads if threads > 0 else set_threads(0)
+    return _cached(bandwidth_key(threads), "gbps", lambda: measure_bandwidth(threads), cache_dir)
+
+
+def _cached(key: str, value: str, measure, cache_dir) -> dict:
     path = cache_path(cache_dir)
-    key = cache_key(threads)
     entry = _load(path).get(key)
-    if _valid(entry):
+    if _valid(entry, value):
         return entry
-    entry = measure_peak(threads)
+    entry = measure()
     data = _load(path)  # re-read: another process may have added entries meanwhile
     data[key] = entry
     with contextlib.suppress(OSError):  # an unwritable cache only costs a re-measurement
@@ -156,3 +176,48 @@ def cached_peak(threads: int, cache_dir: str | os.PathLike | None = None) -> dic
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
     return entry
+
+
+def measure_bandwidth(threads: int) -> dict:
+    """Memory bandwidth in GB/s (1e9 bytes/s) of ``c = a + b`` on ``STREAM_N`` fp32 elements per
+    array, counting 12 bytes per element (2 reads, 1 write: STREAM's convention; write-allocate
+    traffic is not counted), parallel over ``threads`` threads, vectorized; best of ``REPEAT``."""
+    from tvm import s_tir, te
+
+    tvm = _tvm()
+    start = time.perf_counter()
+    target = targets.get("x86_64") if platform.machine() == "x86_64" else None
+    if target is None:
+        raise RuntimeError(f"no native edgec target for {platform.machine()}")
+    threads = set_threads(threads)
+    lanes = vector_lanes(target)
+    a = te.placeholder((STREAM_N,), "float32", "A")
+    b = te.placeholder((STREAM_N,), "float32", "B")
+    c = te.compute((STREAM_N,), lambda i: a[i] + b[i], "add")
+    sch = s_tir.Schedule(te.create_prim_func([a, b, c]))
+    (i,) = sch.get_loops(sch.get_sblock("add"))
+    outer, inner = sch.split(i, [None, lanes * 64])
+    sch.parallel(outer)
+    _, vec = sch.split(inner, [None, lanes])
+    sch.vectorize(vec)
+    mod = tvm.IRModule({"main": sch.mod["main"].with_attr("global_symbol", "main")})
+    lib = tvm.tirx.build(mod, target=tvm.target.Target(target_json(target, threads)))
+    dev = tvm.cpu(0)
+    rng = np.random.default_rng(0)
+    args = [
+        tvm.runtime.tensor(rng.uniform(-1, 1, STREAM_N).astype(np.float32), dev) for _ in range(3)
+    ]
+    lib["main"](*args)  # warm-up: page in, spin up the thread pool
+    timer = lib.time_evaluator("main", dev, number=1, repeat=REPEAT, min_repeat_ms=MIN_REPEAT_MS)
+    seconds = min(timer(*args).results)
+    return {
+        "gbps": round(12.0 * STREAM_N / seconds / 1e9, 2),
+        "threads": threads,
+        "method": (
+            f"TVM {tvm.__version__} fp32 c = a + b over 3 x {STREAM_N * 4 >> 20} MiB, parallel, "
+            f"{lanes}-lane vectors, 12 bytes per element (STREAM convention), best of {REPEAT} "
+            "repeats"
+        ),
+        "cpu": f"{host.cpu_name()} ({host_cpu()['mcpu']})",
+        "seconds": round(time.perf_counter() - start, 3),
+    }

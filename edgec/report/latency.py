@@ -40,6 +40,7 @@ def stats(samples_s: list[float], warmup: int) -> dict:
         "runs": len(ms),
         "warmup": warmup,
         "noisy": bool(mean > 0 and std / mean > 0.1),  # coefficient of variation above 10 %
+        "samples_ms": [round(float(x), 6) for x in ms],  # in measurement order: the histogram
     }
 
 

@@ -76,3 +76,39 @@ def test_unwritable_cache_still_returns_a_result(tmp_path, counted):
     blocker = tmp_path / "file"
     blocker.write_text("")  # cache_dir "file/sub" cannot be created
     assert peak.cached_peak(2, cache_dir=blocker / "sub")["gflops"] == 123.0
+
+
+def test_bandwidth_measured_and_cached_beside_the_peak(tmp_path, monkeypatch, counted):
+    peak.cached_peak(2, cache_dir=tmp_path)  # the fake peak: 123 GFLOP/s
+    first = peak.cached_bandwidth(2, cache_dir=tmp_path)  # measures (really: about a second)
+    assert set(first) == {"gbps", "threads", "method", "cpu", "seconds"}
+    assert first["threads"] == 2 and 1 < first["gbps"] < 2000, first
+    assert "c = a + b" in first["method"]
+    stored = json.loads((tmp_path / "peak.json").read_text())
+    assert set(stored) == {peak.cache_key(2), peak.bandwidth_key(2)}
+    assert stored[peak.bandwidth_key(2)] == first
+
+    def boom(threads):
+        raise AssertionError("measured again instead of using the cache")
+
+    monkeypatch.setattr(peak, "measure_bandwidth", boom)
+    assert peak.cached_bandwidth(2, cache_dir=tmp_path) == first
+    assert counted == [2]
+
+
+def test_roofline_annotation():
+    from edgec.report import roofline
+
+    kernels = [
+        {"kernel": "conv", "flops": 1000, "bytes": 10, "gflops": 50.0},  # intensity 100: compute
+        {"kernel": "add", "flops": 100, "bytes": 100, "gflops": 5.0},  # intensity 1: memory
+        {"kernel": "copy", "flops": 0, "bytes": 100},
+    ]
+    roofline.annotate(kernels, {"gflops": 200.0}, {"gbps": 20.0})
+    conv, add, copy = kernels
+    assert (conv["intensity"], conv["roof_gflops"], conv["bound"]) == (100.0, 200.0, "compute")
+    assert conv["roof_fraction"] == 0.25
+    assert (add["intensity"], add["roof_gflops"], add["bound"]) == (1.0, 20.0, "memory")
+    assert add["roof_fraction"] == 0.25
+    assert "intensity" not in copy
+    assert roofline.ridge({"gflops": 200.0}, {"gbps": 20.0}) == 10.0
