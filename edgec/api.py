@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from edgec import artifact, frontend, passes, targets, verify
+from edgec import artifact, deploy, frontend, passes, targets, verify
 from edgec.errors import InvalidInputError, VerificationError
 from edgec.frontend import TensorSpec
 from edgec.report import latency
@@ -106,6 +106,8 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
     search: str = "none",
     search_budget_s: float | None = None,
     tuning_db: str | os.PathLike | None = None,
+    ndk: str | os.PathLike | None = None,
+    bundle: bool = True,
     log: Log = _quiet,
 ) -> CompileResult:
     """Compile an ONNX model into a deployable artifact directory ``output``.
@@ -114,6 +116,11 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
     (latency-measured on this machine within ``search_budget_s``, 120 s by default) or ``full``
     (every candidate); results are cached in ``tuning_db`` (see ``edgec.search``).
 
+    CPU targets get a deploy bundle in ``output`` (``bundle``; see ``edgec.deploy``): the TVM
+    runtime for the target and ``edgec-run``. Code for another architecture is verified by running
+    that bundle under qemu-user (correctness only); CUDA code is compiled to cubin with nvcc.
+    ``ndk`` is the Android NDK for ``android-arm64`` (else $ANDROID_NDK_HOME).
+
     Raises InvalidInputError (bad input), UnsupportedModelError (ops TVM cannot lower) or
     VerificationError (results differ from onnxruntime beyond ``tolerance``); in every error case
     ``output`` is left untouched.
@@ -121,6 +128,9 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
     out = Path(output)
     tgt = targets.get(target)
     artifact.check_destination(out, force)
+    from edgec.deploy import toolchain
+
+    compiler = toolchain.compiler(tgt, ndk) if tgt.cross else None  # missing tools: fail early
     pipeline = passes.select(skip_passes, only_passes)
     threads = threads or default_threads()
     precision = "fp32"
@@ -145,8 +155,14 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
 
     with artifact.staging(out, force) as tmp:
         with step("export", "export library"):
-            lower.export(executable, tmp / artifact.LIBRARY, tgt)
+            lower.export(executable, tmp / artifact.LIBRARY, tgt, compiler)
             artifact.save_onnx(optimized, tmp / artifact.ONNX)
+        runnable = tgt.runs_here and lower.host_can_run(tgt)
+        emulator = None if runnable else toolchain.emulator(tgt)
+        bundle_section = None
+        if tgt.device == "cpu" and (bundle or (verify_result and emulator)):
+            with step("bundle", "deploy bundle (TVM runtime + edgec-run)"):
+                bundle_section = deploy.bundle(tmp, tgt, compiler, log)
         manifest = {
             "format": artifact.FORMAT,
             "library": artifact.LIBRARY,
@@ -164,6 +180,7 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
                 "nodes": len(imported.model.graph.node),
             },
             "passes": pass_reports,
+            "bundle": bundle_section if bundle else None,
             "versions": versions(),
             "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         }
@@ -177,8 +194,29 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
             "kernels": kernels,
             "search": search_report,
         }
-        runnable = tgt.runs_here and lower.host_can_run(tgt)
-        if verify_result and not runnable:
+        foreign = verify_result and not runnable
+        if foreign and emulator and bundle_section and "files" in bundle_section:
+            what = f"verify under {tgt.emulator} against onnxruntime (emulated: correctness only)"
+            with step("verify", what):
+                report["verification"] = _verify(
+                    tmp, imported, verify_inputs, tolerance, seed, threads,
+                    run=deploy.emulated_runner(tmp, emulator),
+                )  # fmt: skip
+                report["verification"]["emulated"] = f"{tgt.emulator}: correctness only"
+            report["latency"] = {"skipped": deploy.EMULATED_LATENCY}
+            if not report["verification"]["passed"]:
+                raise VerificationError(_verification_message(report["verification"]), report)
+        elif foreign and tgt.device == "cuda":
+            with step("verify", f"validate the CUDA code (nvcc, {tgt.gpu})"):
+                report["verification"] = deploy.check_cuda(
+                    executable, tgt, tmp / artifact.LIBRARY,
+                    lambda lib_dir, run: _verify(
+                        lib_dir, imported, verify_inputs, tolerance, seed, threads, run=run
+                    ),
+                )  # fmt: skip
+            if not report["verification"].get("passed", True):
+                raise VerificationError(_verification_message(report["verification"]), report)
+        elif foreign:
             report["verification"] = {"skipped": f"target {tgt.name} cannot run on this machine"}
         elif verify_result:
             with step("verify", "verify against onnxruntime"):
@@ -200,6 +238,8 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
                     report["kernels"], tmp / artifact.LIBRARY, imported.inputs, threads, seed
                 )
         report["timings_s"] = step.seconds
+        if bundle_section and not bundle:
+            deploy.remove_bundle(tmp, bundle_section)
         artifact.write_json(tmp / artifact.MANIFEST, manifest)
         artifact.write_json(tmp / artifact.REPORT, report)
     log(f"wrote {out}")
@@ -245,7 +285,10 @@ def _verify(
     tolerance: float,
     seed: int,
     threads: int,
+    run: Callable[[list[np.ndarray]], list[np.ndarray]] | None = None,
 ) -> dict:
+    """Compare the artifact in ``lib_dir`` with onnxruntime; ``run`` executes it (default: the
+    TVM runtime in this process)."""
     if given:
         verify.check_inputs(imported.inputs, given)
         feeds, source = dict(given), "--verify-input"
@@ -254,8 +297,8 @@ def _verify(
     expected = verify.reference_outputs(imported.model, feeds)
     from edgec import lower
 
-    runtime = lower.Runtime(lib_dir / artifact.LIBRARY, threads)
-    actual = runtime.run([feeds[s.name] for s in imported.inputs])
+    run = run or lower.Runtime(lib_dir / artifact.LIBRARY, threads).run
+    actual = run([feeds[s.name] for s in imported.inputs])
     metrics = verify.compare_all(dict(zip(expected, actual, strict=True)), expected)
     worst = verify.worst(metrics)
     return {

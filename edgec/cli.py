@@ -123,11 +123,21 @@ def _pass_options(f):
     help="Tuning cache [$EDGEC_TUNING_DB, else $XDG_CACHE_HOME/edgec/tuning.db, "
     "else ~/.cache/edgec/tuning.db].",
 )
+@click.option(
+    "--ndk",
+    type=click.Path(file_okay=False),
+    default=None,
+    metavar="PATH",
+    help="Android NDK for android-arm64 / opencl/adreno [$ANDROID_NDK_HOME].",
+)
+@click.option(
+    "--no-bundle", is_flag=True, help="No deploy bundle (TVM runtime + edgec-run) in OUT/."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print report.json on stdout.")
 @click.pass_obj
 def compile(obj: _Context, model, output, target, input_shapes, force, skip_pass, only_pass,
             no_verify, verify_input, tolerance, threads, no_bench, bench_runs, bench_budget,
-            seed, search, budget, tuning_db, as_json) -> None:  # fmt: skip
+            seed, search, budget, tuning_db, ndk, no_bundle, as_json) -> None:  # fmt: skip
     """Compile MODEL.onnx into a deployable artifact directory OUT/.
 
     With --search fast|full, each kernel's schedule is chosen by timing its candidates on this
@@ -143,7 +153,7 @@ def compile(obj: _Context, model, output, target, input_shapes, force, skip_pass
             verify_result=not no_verify, verify_inputs=_load_inputs(verify_input) or None,
             tolerance=tolerance, threads=threads, bench=not no_bench, bench_runs=bench_runs,
             bench_budget_s=bench_budget, seed=seed, search=search, search_budget_s=budget,
-            tuning_db=tuning_db, log=obj.log,
+            tuning_db=tuning_db, ndk=ndk, bundle=not no_bundle, log=obj.log,
         )  # fmt: skip
     except VerificationError as e:
         if as_json and e.report:
@@ -280,12 +290,24 @@ def bench(obj: _Context, artifact_dir, runs, budget, threads, no_reference, as_j
 
 
 @cli.command("targets")
-def targets_cmd() -> None:
-    """List the compilation targets."""
+@click.option("--json", "as_json", is_flag=True, help="Print the targets as JSON.")
+def targets_cmd(as_json) -> None:
+    """List the compilation targets and what each supports on this machine."""
+    from edgec.deploy import toolchain
+
+    rows = []
     for t in targets.TARGETS:
-        click.echo(f"{t.name:16s} {t.description}")
+        runs = t.support(emulator_found=toolchain.emulator(t) is not None)
+        rows.append({**t.to_json(), "support": runs, "int8_dot": t.int8_dot or None})
+    if as_json:
+        click.echo(json.dumps({"targets": rows, "aliases": targets.ALIASES}, indent=2))
+        return
+    for t, row in zip(targets.TARGETS, rows, strict=True):
+        click.echo(f"{t.name:17s} {t.description}")
+        extra = f"; int8 dot products ({t.int8_dot})" if t.int8_dot else ""
+        click.echo(f"{'':17s}   {row['support']}{extra}")
     for alias, name in targets.ALIASES.items():
-        click.echo(f"{alias:16s} alias of {name}")
+        click.echo(f"{alias:17s} alias of {name}")
 
 
 @cli.command("passes")
