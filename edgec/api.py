@@ -470,12 +470,25 @@ def bench(
     budget_s: float = 10.0,
     seed: int = 0,
     reference: bool = True,
+    rpc: str | None = None,
+    tracker: str | None = None,
+    key: str = "",
+    devices: int = 0,
+    timeout_s: float = 120.0,
+    retries: int = 1,
+    log: Log = _quiet,
 ) -> dict:
     """Measure an artifact's latency, and onnxruntime's on the same model in the same run.
 
     onnxruntime runs the source model when it is still where it was compiled from (same sha256),
     else the artifact's optimized ``model.onnx``; the report says which.
+
+    With ``rpc`` (HOST:PORT) or ``tracker`` (HOST:PORT) + ``key`` the artifact runs on remote
+    devices over TVM RPC instead (``edgec.lower.rpc.bench``; one report per device, outputs
+    checked against onnxruntime).
     """
+    if rpc or tracker:
+        return _bench_remote(path, rpc, tracker, key, devices, runs, timeout_s, retries, seed, log)
     model = load(path, threads)
     threads = model.threads
     feeds = verify.random_inputs(model.inputs, seed)
@@ -505,3 +518,32 @@ def _reference_model(model: CompiledModel) -> tuple[onnx.ModelProto | Path, str]
         if sha == src["sha256"]:
             return path, f"source ({path})"
     return model.path / model.manifest["onnx"], "optimized model.onnx (source model not found)"
+
+
+def _bench_remote(path, rpc, tracker, key, devices, runs, timeout_s, retries, seed, log) -> dict:
+    from edgec.lower import rpc as remote
+
+    out = Path(path)
+    manifest = artifact.read_manifest(out)
+    specs = [TensorSpec.from_json(d) for d in manifest["inputs"]]
+    feeds = verify.random_inputs(specs, seed)
+    expected = verify.reference_outputs(onnx.load(out / manifest["onnx"]), feeds)
+
+    def check(outputs: list[np.ndarray]) -> dict:
+        section = {"reference": "onnxruntime on the artifact's model.onnx",
+                   "inputs": f"random (seed {seed})"}  # fmt: skip
+        if len(outputs) != len(expected):
+            return {**section, "passed": False, "error": f"{len(outputs)} outputs"}
+        metrics = verify.compare_all(dict(zip(expected, outputs, strict=True)), expected)
+        worst = verify.worst(metrics)["scaled_err"]
+        tolerance = verify.TOLERANCE[manifest.get("precision", "fp32")]
+        return {**section, "scaled_err": worst, "tolerance": tolerance,
+                "max_abs_err": max(m.get("max_abs_err", np.inf) for m in metrics.values()),
+                "passed": bool(worst <= tolerance)}  # fmt: skip
+
+    result = remote.bench(
+        out / manifest["library"], [feeds[s.name] for s in specs], rpc=rpc, tracker_addr=tracker,
+        key=key, devices=devices, runs=runs, timeout_s=timeout_s, retries=retries, check=check,
+        expect_arch=manifest["target"]["arch"], log=log,
+    )  # fmt: skip
+    return {"target": manifest["target"]["name"], **result}

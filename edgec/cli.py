@@ -262,13 +262,33 @@ def run(obj: _Context, artifact_dir, inputs, output, force, threads) -> None:
 )
 @click.option("--threads", type=int, default=0, help="CPU threads [as compiled].")
 @click.option("--no-reference", is_flag=True, help="Do not measure onnxruntime.")
+@click.option("--rpc", metavar="HOST:PORT", help="Measure on this device (TVM RPC server).")
+@click.option("--tracker", metavar="HOST:PORT", help="Measure on the free devices of a tracker.")
+@click.option("--key", default="", help="Device key at the tracker (with --tracker).")
+@click.option("--devices", type=int, default=0, help="Devices to use with --tracker [all free].")
+@click.option(
+    "--timeout", type=float, default=120.0, show_default=True, help="Seconds per device try."
+)
+@click.option("--retries", type=int, default=1, show_default=True, help="Retries per device.")
 @click.option("--json", "as_json", is_flag=True, help="Print the latency report as JSON.")
 @click.pass_obj
-def bench(obj: _Context, artifact_dir, runs, budget, threads, no_reference, as_json) -> None:
-    """Measure the latency of an artifact (and of onnxruntime on its model)."""
+def bench(obj: _Context, artifact_dir, runs, budget, threads, no_reference, rpc, tracker, key,
+          devices, timeout, retries, as_json) -> None:  # fmt: skip
+    """Measure the latency of an artifact (and of onnxruntime on its model).
+
+    With --rpc or --tracker the artifact runs on remote devices (`edgec device serve` on each
+    board) and its outputs are checked against onnxruntime; one report per device."""
     from edgec import api
 
     obj.log(f"measuring {artifact_dir} ...")
+    if rpc or tracker:
+        result = api.bench(artifact_dir, runs=runs, rpc=rpc, tracker=tracker, key=key,
+                           devices=devices, timeout_s=timeout, retries=retries,
+                           log=obj.log)  # fmt: skip
+        click.echo(json.dumps(result, indent=2) if as_json else _remote_summary(result))
+        if not result["devices"]:
+            raise _Failed("no device returned a measurement")
+        return
     result = api.bench(artifact_dir, threads=threads, runs=runs, budget_s=budget,
                        reference=not no_reference)  # fmt: skip
     if as_json:
@@ -287,6 +307,72 @@ def bench(obj: _Context, artifact_dir, runs, budget, threads, no_reference, as_j
             f"edgec / onnxruntime (p50): {result['edgec_vs_onnxruntime_p50']:.2f}x "
             f"[{result['threads']} threads; onnxruntime ran {result['onnxruntime_model']}]"
         )
+
+
+class _Failed(EdgecError):
+    exit_code = ExitCode.FAILED
+
+
+def _remote_summary(result: dict) -> str:
+    lines = [f"{result['target']} on {result['remote']}:"]
+    for r in result["devices"]:
+        s, d = r["edgec"], r["device"]
+        v = r.get("verification", {})
+        emulated = " [EMULATED: correctness only]" if d.get("emulated") else ""
+        lines.append(
+            f"  {d.get('cpu', '?')} ({d.get('arch', '?')}, {d.get('cores', '?')} cores, governor "
+            f"{d.get('governor') or '?'}){emulated}: p50 {s['p50_ms']:.3f} ms  p90 "
+            f"{s['p90_ms']:.3f}  p99 {s['p99_ms']:.3f}  mean {s['mean_ms']:.3f} ± "
+            f"{s['stddev_ms']:.3f} ({s['runs']} runs{', NOISY' if s['noisy'] else ''}); "
+            f"outputs {'match' if v.get('passed') else 'DIFFER from'} onnxruntime"
+        )
+    for f in result["failed"]:
+        lines.append(f"  device {f['device']}: FAILED: {'; '.join(f['errors'])}")
+    return "\n".join(lines)
+
+
+@cli.group()
+def device() -> None:
+    """Devices for `edgec bench --rpc/--tracker`: RPC servers and a tracker."""
+
+
+@device.command("serve")
+@click.option("--host", default="0.0.0.0", show_default=True)
+@click.option("--port", type=int, default=9090, show_default=True)
+@click.option("--tracker", metavar="HOST:PORT", help="Register with this TVM RPC tracker.")
+@click.option("--key", default="", help="Device key at the tracker (e.g. rk3588).")
+@click.option(
+    "--emulate",
+    metavar="TARGET",
+    help="Serve a foreign CPU target under qemu-user (e.g. arm64): correctness only.",
+)
+@click.option("--session-timeout", type=float, default=600.0, show_default=True)
+@click.pass_obj
+def device_serve(obj: _Context, host, port, tracker, key, emulate, session_timeout) -> None:
+    """Run a TVM RPC server for edgec on this board (each session in edgec-run)."""
+    import platform
+
+    from edgec import deploy
+    from edgec.lower import rpc
+
+    addr = rpc.parse_address(tracker, "--tracker") if tracker else None
+    here = {"x86_64": "x86_64", "aarch64": "arm64"}.get(platform.machine())
+    if not emulate and here is None:
+        raise InvalidInputError(f"no edgec target for this machine ({platform.machine()})")
+    session = deploy.device_runner(targets.get(emulate or here), log=obj.log)
+    rpc.serve(host, port, session, tracker=addr, key=key, session_timeout_s=session_timeout,
+              log=obj.log)  # fmt: skip
+
+
+@device.command("tracker")
+@click.option("--host", default="0.0.0.0", show_default=True)
+@click.option("--port", type=int, default=9190, show_default=True)
+@click.pass_obj
+def device_tracker(obj: _Context, host, port) -> None:
+    """Run a TVM RPC tracker (boards register with `edgec device serve --tracker`)."""
+    from edgec.lower import rpc
+
+    rpc.tracker(host, port, log=obj.log)
 
 
 @cli.command("targets")

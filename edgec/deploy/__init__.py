@@ -245,3 +245,23 @@ def check_cuda(executable, target: Target, library: Path, verify: Callable) -> d
     if gpu.gpu_present("cuda"):
         return verify(library.parent, gpu.runtime(library).run)
     return {**gpu.validate_cuda(executable, target.gpu), "run": "skipped: no CUDA GPU here"}
+
+
+def device_runner(target: Target, log: Log = _quiet) -> list[str]:
+    """The command that runs edgec-run for ``target`` on this machine: natively, or under the
+    target's emulator (then marked ``--emulated``: its timings are not device latency)."""
+    from edgec.deploy import toolchain
+
+    emulator = None if target.runs_here else toolchain.require_emulator(target)
+    libs = runtime_libs(target.arch, log)
+    runner = build_runner(target, toolchain.compiler(target), libs, log)
+    home = runner.parent / "bundle"  # runner and runtime side by side (rpath $ORIGIN)
+    with _locked(runner.parent / "bundle.lock"):
+        if not (home / RUNNER).is_file():
+            staging = Path(tempfile.mkdtemp(prefix=".bundle-", dir=runner.parent))
+            for name, src in {**libs, RUNNER: runner}.items():
+                shutil.copy2(src, staging / name)
+            staging.rename(home)
+    if emulator is None:
+        return [str(home / RUNNER)]
+    return [*emulator, str(home / RUNNER), "--emulated", target.emulator]

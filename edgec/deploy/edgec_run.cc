@@ -150,6 +150,8 @@ static std::string JsonStr(const std::string& s) {
   return o + "\"";
 }
 
+static std::string g_emulated;  // --emulated NAME: this "device" is an emulator (no latency)
+
 static std::string DeviceJson() {
   std::ifstream f("/proc/cpuinfo");
   std::string cpu, hardware, part;
@@ -171,6 +173,7 @@ static std::string DeviceJson() {
     << ", \"cores\": " << sysconf(_SC_NPROCESSORS_ONLN)
     << ", \"governor\": " << (gov.empty() ? "null" : JsonStr(gov))
     << ", \"max_mhz\": " << (fmax.empty() ? "null" : std::to_string(std::atol(fmax.c_str()) / 1000))
+    << ", \"emulated\": " << (g_emulated.empty() ? "null" : JsonStr(g_emulated))
 #if defined(__aarch64__)
     << ", \"arch\": \"aarch64\"}";
 #elif defined(__x86_64__)
@@ -360,6 +363,7 @@ int main(int argc, char** argv) {
     else if (a == "--key") key = next();
     else if (a == "--rpc-fd") rpc_fd = std::atoi(next().c_str());
     else if (a == "--workdir") g_workdir = next();
+    else if (a == "--emulated") g_emulated = next();
     else if (a == "--device-info") { std::cout << DeviceJson() << std::endl; return 0; }
     else if (a == "-h" || a == "--help") {
       std::cout << "usage: edgec-run MODEL.so -i IN.npy... [-o OUT.npy...] [--runs N] [--warmup W]\n"
