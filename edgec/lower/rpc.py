@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import json
 import queue
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -96,6 +98,8 @@ def tracker(host: str, port: int, log: Log = print) -> None:
 
     t = Tracker(host, port=port, port_end=port + 1, silent=True)
     log(f"TVM RPC tracker on {host}:{t.port}")
+    # SIGTERM ends the tracker's worker process too (TVM runs it in a child)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         while True:
             time.sleep(3600)
@@ -302,6 +306,7 @@ def _device_worker(i, connect, library, inputs, runs, warmup, timeout_s, retries
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             errors.append(f"attempt {attempt + 1}: {type(e).__name__}: {first}")
             log(f"device {i}: {errors[-1]}" + (" (retrying)" if attempt < retries else ""))
+            time.sleep(min(2.0, timeout_s / 10))
             continue
         report["attempts"] = attempt + 1
         if errors:
