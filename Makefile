@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   := build/demo
 
-.PHONY: setup demo test lint bench clean chromium
+.PHONY: setup demo test lint bench clean chromium cross-toolchain
 
 setup: $(STAMP)
 
@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(BIN)/edgec zoo export resnet18 -o $(DEMO)/resnet18.onnx --force
 	$(BIN)/edgec compile $(DEMO)/resnet18.onnx -o $(DEMO)/resnet18 --force --bench-budget 5
 
-test: $(STAMP) chromium
+test: $(STAMP) chromium cross-toolchain
 	$(BIN)/python -m pytest -q -ra --durations=15
 
 # Headless Chromium for the report screenshot test (tests/report/test_html.py); apt is shared
@@ -28,6 +28,13 @@ test: $(STAMP) chromium
 chromium:
 	@command -v chromium >/dev/null || flock /tmp/edgec-apt.lock sh -c \
 	  'command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)'
+
+# The arm64 cross toolchain and qemu-user (deploy bundles, emulated verification); Debian packages.
+CROSS_PKGS := g++-aarch64-linux-gnu qemu-user
+cross-toolchain:
+	@command -v aarch64-linux-gnu-g++ >/dev/null && command -v qemu-aarch64 >/dev/null || \
+	  flock /tmp/edgec-apt.lock sh -c 'apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(CROSS_PKGS)'
 
 lint: $(STAMP)
 	$(BIN)/ruff check edgec tests bench

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from edgec import artifact, frontend, passes, targets, verify
+from edgec import artifact, deploy, frontend, passes, targets, verify
 from edgec.errors import InvalidInputError, VerificationError
 from edgec.frontend import TensorSpec
 from edgec.report import latency
@@ -116,6 +116,8 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
     tuning_db: str | os.PathLike | None = None,
     gates: Gates | None = None,
     html_report: bool = True,
+    ndk: str | os.PathLike | None = None,
+    bundle: bool = True,
     log: Log = _quiet,
 ) -> CompileResult:
     """Compile an ONNX model into a deployable artifact directory ``output``.
@@ -128,6 +130,11 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
     gate does not stop the compile (the artifact is written): the caller decides (the CLI exits 1).
     ``html_report`` also writes ``report.html`` (plots; see ``edgec.report.html``).
 
+    CPU targets get a deploy bundle in ``output`` (``bundle``; see ``edgec.deploy``): the TVM
+    runtime for the target and ``edgec-run``. Code for another architecture is verified by running
+    that bundle under qemu-user (correctness only); CUDA code is compiled to cubin with nvcc.
+    ``ndk`` is the Android NDK for ``android-arm64`` (else $ANDROID_NDK_HOME).
+
     Raises InvalidInputError (bad input), UnsupportedModelError (ops TVM cannot lower) or
     VerificationError (results differ from onnxruntime beyond ``tolerance``); in every error case
     ``output`` is left untouched.
@@ -135,6 +142,9 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
     out = Path(output)
     tgt = targets.get(target)
     artifact.check_destination(out, force)
+    from edgec.deploy import toolchain
+
+    compiler = toolchain.compiler(tgt, ndk) if tgt.cross else None  # missing tools: fail early
     pipeline = passes.select(skip_passes, only_passes)
     threads = threads or default_threads()
     precision = "fp32"
@@ -159,8 +169,14 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
 
     with artifact.staging(out, force) as tmp:
         with step("export", "export library"):
-            lower.export(executable, tmp / artifact.LIBRARY, tgt)
+            lower.export(executable, tmp / artifact.LIBRARY, tgt, compiler)
             artifact.save_onnx(optimized, tmp / artifact.ONNX)
+        runnable = tgt.runs_here and lower.host_can_run(tgt)
+        emulator = None if runnable else toolchain.emulator(tgt)
+        bundle_section = None
+        if tgt.device == "cpu" and (bundle or (verify_result and emulator)):
+            with step("bundle", "deploy bundle (TVM runtime + edgec-run)"):
+                bundle_section = deploy.bundle(tmp, tgt, compiler, log)
         manifest = {
             "format": artifact.FORMAT,
             "library": artifact.LIBRARY,
@@ -178,6 +194,7 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
                 "nodes": len(imported.model.graph.node),
             },
             "passes": pass_reports,
+            "bundle": bundle_section if bundle else None,
             "versions": versions(),
             "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         }
@@ -191,8 +208,29 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
             "kernels": kernels,
             "search": search_report,
         }
-        runnable = tgt.runs_here and lower.host_can_run(tgt)
-        if verify_result and not runnable:
+        foreign = verify_result and not runnable
+        if foreign and emulator and bundle_section and "files" in bundle_section:
+            what = f"verify under {tgt.emulator} against onnxruntime (emulated: correctness only)"
+            with step("verify", what):
+                report["verification"] = _verify(
+                    tmp, imported, verify_inputs, tolerance, seed, threads,
+                    run=deploy.emulated_runner(tmp, emulator),
+                )  # fmt: skip
+                report["verification"]["emulated"] = f"{tgt.emulator}: correctness only"
+            report["latency"] = {"skipped": deploy.EMULATED_LATENCY}
+            if not report["verification"]["passed"]:
+                raise VerificationError(_verification_message(report["verification"]), report)
+        elif foreign and tgt.device == "cuda":
+            with step("verify", f"validate the CUDA code (nvcc, {tgt.gpu})"):
+                report["verification"] = deploy.check_cuda(
+                    executable, tgt, tmp / artifact.LIBRARY,
+                    lambda lib_dir, run: _verify(
+                        lib_dir, imported, verify_inputs, tolerance, seed, threads, run=run
+                    ),
+                )  # fmt: skip
+            if not report["verification"].get("passed", True):
+                raise VerificationError(_verification_message(report["verification"]), report)
+        elif foreign:
             report["verification"] = {"skipped": f"target {tgt.name} cannot run on this machine"}
         elif verify_result:
             with step("verify", "verify against onnxruntime"):
@@ -220,6 +258,8 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
             with step("html", "write report.html"):
                 _write_html(report, step.seconds, tmp, log)
         report["timings_s"] = step.seconds
+        if bundle_section and not bundle:
+            deploy.remove_bundle(tmp, bundle_section)
         artifact.write_json(tmp / artifact.MANIFEST, manifest)
         artifact.write_json(tmp / artifact.REPORT, report)
     log(f"wrote {out}")
@@ -265,7 +305,10 @@ def _verify(
     tolerance: float,
     seed: int,
     threads: int,
+    run: Callable[[list[np.ndarray]], list[np.ndarray]] | None = None,
 ) -> dict:
+    """Compare the artifact in ``lib_dir`` with onnxruntime; ``run`` executes it (default: the
+    TVM runtime in this process)."""
     if given:
         verify.check_inputs(imported.inputs, given)
         feeds, source = dict(given), "--verify-input"
@@ -274,8 +317,8 @@ def _verify(
     expected = verify.reference_outputs(imported.model, feeds)
     from edgec import lower
 
-    runtime = lower.Runtime(lib_dir / artifact.LIBRARY, threads)
-    actual = runtime.run([feeds[s.name] for s in imported.inputs])
+    run = run or lower.Runtime(lib_dir / artifact.LIBRARY, threads).run
+    actual = run([feeds[s.name] for s in imported.inputs])
     return _verification(expected, actual, source, tolerance)
 
 
@@ -482,6 +525,13 @@ def bench(
     reference: bool = True,
     verify_result: bool = False,
     gates: Gates | None = None,
+    rpc: str | None = None,
+    tracker: str | None = None,
+    key: str = "",
+    devices: int = 0,
+    timeout_s: float = 120.0,
+    retries: int = 1,
+    log: Log = _quiet,
 ) -> dict:
     """Measure an artifact's latency, and onnxruntime's on the same model in the same run.
 
@@ -490,7 +540,13 @@ def bench(
     whenever an accuracy gate is given) also compares the artifact's outputs with onnxruntime's
     (graph optimizations off) on seeded random inputs: ``verification``. ``gates`` are evaluated
     into ``gates`` (the caller decides what a violation means).
+
+    With ``rpc`` (HOST:PORT) or ``tracker`` (HOST:PORT) + ``key`` the artifact runs on remote
+    devices over TVM RPC instead (``edgec.lower.rpc.bench``; one report per device, outputs
+    checked against onnxruntime).
     """
+    if rpc or tracker:
+        return _bench_remote(path, rpc, tracker, key, devices, runs, timeout_s, retries, seed, log)
     model = load(path, threads)
     threads = model.threads
     feeds = verify.random_inputs(model.inputs, seed)
@@ -534,3 +590,32 @@ def _reference_model(model: CompiledModel) -> tuple[onnx.ModelProto | Path, str]
         if sha == src["sha256"]:
             return path, f"source ({path})"
     return model.path / model.manifest["onnx"], "optimized model.onnx (source model not found)"
+
+
+def _bench_remote(path, rpc, tracker, key, devices, runs, timeout_s, retries, seed, log) -> dict:
+    from edgec.lower import rpc as remote
+
+    out = Path(path)
+    manifest = artifact.read_manifest(out)
+    specs = [TensorSpec.from_json(d) for d in manifest["inputs"]]
+    feeds = verify.random_inputs(specs, seed)
+    expected = verify.reference_outputs(onnx.load(out / manifest["onnx"]), feeds)
+
+    def check(outputs: list[np.ndarray]) -> dict:
+        section = {"reference": "onnxruntime on the artifact's model.onnx",
+                   "inputs": f"random (seed {seed})"}  # fmt: skip
+        if len(outputs) != len(expected):
+            return {**section, "passed": False, "error": f"{len(outputs)} outputs"}
+        metrics = verify.compare_all(dict(zip(expected, outputs, strict=True)), expected)
+        worst = verify.worst(metrics)["scaled_err"]
+        tolerance = verify.TOLERANCE[manifest.get("precision", "fp32")]
+        return {**section, "scaled_err": worst, "tolerance": tolerance,
+                "max_abs_err": max(m.get("max_abs_err", np.inf) for m in metrics.values()),
+                "passed": bool(worst <= tolerance)}  # fmt: skip
+
+    result = remote.bench(
+        out / manifest["library"], [feeds[s.name] for s in specs], rpc=rpc, tracker_addr=tracker,
+        key=key, devices=devices, runs=runs, timeout_s=timeout_s, retries=retries, check=check,
+        expect_arch=manifest["target"]["arch"], log=log,
+    )  # fmt: skip
+    return {"target": manifest["target"]["name"], **result}

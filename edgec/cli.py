@@ -184,6 +184,16 @@ def _pass_options(f):
     help="Tuning cache [$EDGEC_TUNING_DB, else $XDG_CACHE_HOME/edgec/tuning.db, "
     "else ~/.cache/edgec/tuning.db].",
 )
+@click.option(
+    "--ndk",
+    type=click.Path(file_okay=False),
+    default=None,
+    metavar="PATH",
+    help="Android NDK for android-arm64 / opencl/adreno [$ANDROID_NDK_HOME].",
+)
+@click.option(
+    "--no-bundle", is_flag=True, help="No deploy bundle (TVM runtime + edgec-run) in OUT/."
+)
 @click.option("--no-html", is_flag=True, help="Do not write OUT/report.html.")
 @_gate_options
 @click.option("--json", "as_json", is_flag=True,
@@ -192,7 +202,8 @@ def _pass_options(f):
 @click.pass_obj
 def compile(obj: _Context, model, output, target, input_shapes, force, skip_pass, only_pass,
             no_verify, verify_input, tolerance, threads, no_bench, bench_runs, bench_budget,
-            seed, search, budget, tuning_db, no_html, as_json, **gate_options) -> None:  # fmt: skip
+            seed, search, budget, tuning_db, ndk, no_bundle, no_html, as_json,
+            **gate_options) -> None:  # fmt: skip
     """Compile MODEL.onnx into a deployable artifact directory OUT/.
 
     With --search fast|full, each kernel's schedule is chosen by timing its candidates on this
@@ -215,7 +226,8 @@ def compile(obj: _Context, model, output, target, input_shapes, force, skip_pass
                 verify_inputs=_load_inputs(verify_input) or None, tolerance=tolerance,
                 threads=threads, bench=not no_bench, bench_runs=bench_runs,
                 bench_budget_s=bench_budget, seed=seed, search=search, search_budget_s=budget,
-                tuning_db=tuning_db, gates=gates, html_report=not no_html, log=obj.log,
+                tuning_db=tuning_db, ndk=ndk, bundle=not no_bundle, gates=gates,
+                html_report=not no_html, log=obj.log,
             )  # fmt: skip
     except VerificationError as e:
         if as_json and e.report:
@@ -334,18 +346,40 @@ def run(obj: _Context, artifact_dir, inputs, output, force, threads) -> None:
 @click.option("--verify", "verify_result", is_flag=True,
               help="Also compare outputs with onnxruntime (on with an accuracy gate).")  # fmt: skip
 @_gate_options
+@click.option("--rpc", metavar="HOST:PORT", help="Measure on this device (TVM RPC server).")
+@click.option("--tracker", metavar="HOST:PORT", help="Measure on the free devices of a tracker.")
+@click.option("--key", default="", help="Device key at the tracker (with --tracker).")
+@click.option("--devices", type=int, default=0, help="Devices to use with --tracker [all free].")
+@click.option(
+    "--timeout", type=float, default=120.0, show_default=True, help="Seconds per device try."
+)
+@click.option("--retries", type=int, default=1, show_default=True, help="Retries per device.")
 @click.option("--json", "as_json", is_flag=True, help="Print the latency report as JSON.")
 @_quiet_option
 @click.pass_obj
-def bench(obj: _Context, artifact_dir, runs, budget, threads, no_reference, verify_result,
-          as_json, **gate_options) -> None:  # fmt: skip
+def bench(obj: _Context, artifact_dir, runs, budget, threads, no_reference, verify_result, rpc,
+          tracker, key, devices, timeout, retries, as_json, **gate_options) -> None:  # fmt: skip
     """Measure the latency of an artifact (and of onnxruntime on its model).
 
-    Gates (--max-latency-ms, --baseline, --min-cosine, ...) exit 1 when violated."""
+    Gates (--max-latency-ms, --baseline, --min-cosine, ...) exit 1 when violated.
+
+    With --rpc or --tracker the artifact runs on remote devices (`edgec device serve` on each
+    board) and its outputs are checked against onnxruntime; one report per device."""
     from edgec import api
     from edgec.report.sections import accuracy_verdict
 
     gates = _make_gates(gate_options)
+    if rpc or tracker:
+        if gates.active:
+            raise InvalidInputError("gates apply to local measurements; not with --rpc/--tracker")
+        obj.log(f"measuring {artifact_dir} on remote devices ...")
+        result = api.bench(artifact_dir, runs=runs, rpc=rpc, tracker=tracker, key=key,
+                           devices=devices, timeout_s=timeout, retries=retries,
+                           log=obj.log)  # fmt: skip
+        click.echo(json.dumps(result, indent=2) if as_json else _remote_summary(result))
+        if not result["devices"]:
+            raise _Failed("no device returned a measurement")
+        return
     with _stdout_reserved(as_json):
         step = obj.log.start(f"measuring {artifact_dir}")
         result = api.bench(artifact_dir, threads=threads, runs=runs, budget_s=budget,
@@ -473,13 +507,91 @@ def check(obj: _Context, model, target, input_shapes, skip_pass, only_pass, as_j
         raise UnsupportedModelError(f"{n} node(s) cannot be lowered for {result['target']}")
 
 
+class _Failed(EdgecError):
+    exit_code = ExitCode.FAILED
+
+
+def _remote_summary(result: dict) -> str:
+    lines = [f"{result['target']} on {result['remote']}:"]
+    for r in result["devices"]:
+        s, d = r["edgec"], r["device"]
+        v = r.get("verification", {})
+        emulated = " [EMULATED: correctness only]" if d.get("emulated") else ""
+        lines.append(
+            f"  {d.get('cpu', '?')} ({d.get('arch', '?')}, {d.get('cores', '?')} cores, governor "
+            f"{d.get('governor') or '?'}){emulated}: p50 {s['p50_ms']:.3f} ms  p90 "
+            f"{s['p90_ms']:.3f}  p99 {s['p99_ms']:.3f}  mean {s['mean_ms']:.3f} ± "
+            f"{s['stddev_ms']:.3f} ({s['runs']} runs{', NOISY' if s['noisy'] else ''}); "
+            f"outputs {'match' if v.get('passed') else 'DIFFER from'} onnxruntime"
+        )
+    for f in result["failed"]:
+        lines.append(f"  device {f['device']}: FAILED: {'; '.join(f['errors'])}")
+    return "\n".join(lines)
+
+
+@cli.group()
+def device() -> None:
+    """Devices for `edgec bench --rpc/--tracker`: RPC servers and a tracker."""
+
+
+@device.command("serve")
+@click.option("--host", default="0.0.0.0", show_default=True)
+@click.option("--port", type=int, default=9090, show_default=True)
+@click.option("--tracker", metavar="HOST:PORT", help="Register with this TVM RPC tracker.")
+@click.option("--key", default="", help="Device key at the tracker (e.g. rk3588).")
+@click.option(
+    "--emulate",
+    metavar="TARGET",
+    help="Serve a foreign CPU target under qemu-user (e.g. arm64): correctness only.",
+)
+@click.option("--session-timeout", type=float, default=600.0, show_default=True)
+@click.pass_obj
+def device_serve(obj: _Context, host, port, tracker, key, emulate, session_timeout) -> None:
+    """Run a TVM RPC server for edgec on this board (each session in edgec-run)."""
+    import platform
+
+    from edgec import deploy
+    from edgec.lower import rpc
+
+    addr = rpc.parse_address(tracker, "--tracker") if tracker else None
+    here = {"x86_64": "x86_64", "aarch64": "arm64"}.get(platform.machine())
+    if not emulate and here is None:
+        raise InvalidInputError(f"no edgec target for this machine ({platform.machine()})")
+    session = deploy.device_runner(targets.get(emulate or here), log=obj.log)
+    rpc.serve(host, port, session, tracker=addr, key=key, session_timeout_s=session_timeout,
+              log=obj.log)  # fmt: skip
+
+
+@device.command("tracker")
+@click.option("--host", default="0.0.0.0", show_default=True)
+@click.option("--port", type=int, default=9190, show_default=True)
+@click.pass_obj
+def device_tracker(obj: _Context, host, port) -> None:
+    """Run a TVM RPC tracker (boards register with `edgec device serve --tracker`)."""
+    from edgec.lower import rpc
+
+    rpc.tracker(host, port, log=obj.log)
+
+
 @cli.command("targets")
-def targets_cmd() -> None:
-    """List the compilation targets."""
+@click.option("--json", "as_json", is_flag=True, help="Print the targets as JSON.")
+def targets_cmd(as_json) -> None:
+    """List the compilation targets and what each supports on this machine."""
+    from edgec.deploy import toolchain
+
+    rows = []
     for t in targets.TARGETS:
-        click.echo(f"{t.name:16s} {t.description}")
+        runs = t.support(emulator_found=toolchain.emulator(t) is not None)
+        rows.append({**t.to_json(), "support": runs, "int8_dot": t.int8_dot or None})
+    if as_json:
+        click.echo(json.dumps({"targets": rows, "aliases": targets.ALIASES}, indent=2))
+        return
+    for t, row in zip(targets.TARGETS, rows, strict=True):
+        click.echo(f"{t.name:17s} {t.description}")
+        extra = f"; int8 dot products ({t.int8_dot})" if t.int8_dot else ""
+        click.echo(f"{'':17s}   {row['support']}{extra}")
     for alias, name in targets.ALIASES.items():
-        click.echo(f"{alias:16s} alias of {name}")
+        click.echo(f"{alias:17s} alias of {name}")
 
 
 @cli.command("passes")

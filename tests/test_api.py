@@ -15,6 +15,7 @@ def test_compile_writes_a_complete_artifact(conv_relu, tmp_path):
     out = tmp_path / "out"
     result = edgec.compile(conv_relu, out, input_shapes=SHAPE, bench_runs=5, bench_budget_s=0.5)
     assert sorted(p.name for p in out.iterdir()) == [
+        "edgec-run", "libtvm_ffi.so", "libtvm_runtime.so",  # the deploy bundle
         "manifest.json", "model.onnx", "model.so", "report.html", "report.json"
     ]  # fmt: skip
     manifest = json.loads((out / "manifest.json").read_text())

@@ -286,7 +286,9 @@ def test_ctrl_c_keeps_what_was_measured(conv_relu, tmp_path, monkeypatch, tasks_
 def test_search_none_is_the_default_and_touches_no_cache(conv_relu, tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     fake = Fake(monkeypatch)
-    report = edgec.compile(conv_relu, tmp_path / "out", input_shapes=SHAPE, bench=False).report
+    report = edgec.compile(
+        conv_relu, tmp_path / "out", input_shapes=SHAPE, bench=False, bundle=False
+    ).report  # (the deploy bundle's runner cache is not the tuning cache)
     assert report["search"]["mode"] == "none" and fake.calls == []
     assert not (tmp_path / "xdg" / "edgec" / "tuning.db").exists()  # (the build cache is there)
     assert all("candidates" not in k for k in report["kernels"])

@@ -77,6 +77,10 @@ def target_json(target: Target, threads: int) -> dict:
     spec: dict = {"kind": "llvm", "mtriple": target.mtriple, "mcpu": mcpu, "num-cores": threads}
     if mattr:
         spec["mattr"] = mattr
+    if target.device == "cuda":
+        return {"kind": "cuda", "arch": target.gpu, "host": spec}
+    if target.device == "opencl":
+        return {"kind": "opencl", "device": target.gpu, "host": spec}
     return spec
 
 
@@ -190,6 +194,10 @@ def build(
 
     mod = to_relax(model)
     tgt = tvm.target.Target(target_json(target, threads))
+    if target.device != "cpu":  # GPU: dlight's default schedules (edgec.lower.gpu)
+        from edgec.lower import gpu
+
+        return gpu.build(mod, tgt), []
     records: list[dict] = []
     with tgt:
         mod = transform.DecomposeOpsForInference()(mod)
@@ -250,17 +258,21 @@ def _compile(mod, tgt, target: Target) -> Library:
 
 
 def _linker(target: Target) -> str:
-    return "native" if target.runs_here else f"{target.mtriple.split('-')[0]}-linux-gnu-g++"
+    """How the library will be linked, for the build cache key (the triple names the toolchain)."""
+    return f"cross:{target.mtriple}" if target.cross else "native"
 
 
-def export(executable, path: Path, target: Target) -> None:
-    """Write the executable (or ``Library``) as a shared library the TVM runtime can load."""
-    if target.runs_here:
+def export(executable, path: Path, target: Target, compiler: str | None = None) -> None:
+    """Write the executable (or ``Library``) as a shared library the TVM runtime can load,
+    linked by ``compiler`` (a cross g++ or the NDK's clang++; default: the host's, or the GNU
+    cross g++)."""
+    if compiler is None and not target.cross:
         executable.export_library(str(path))
     else:
         from tvm.support import cc
 
-        executable.export_library(str(path), fcompile=cc.cross_compiler(_linker(target)))
+        compiler = compiler or f"{target.mtriple.split('-')[0]}-linux-gnu-g++"
+        executable.export_library(str(path), fcompile=cc.cross_compiler(compiler))
 
 
 def set_threads(threads: int) -> int:
@@ -283,13 +295,13 @@ def set_threads(threads: int) -> int:
 class Runtime:
     """A compiled model loaded into a Relax VM; call with arrays in input order."""
 
-    def __init__(self, library: Path, threads: int = 0):
+    def __init__(self, library: Path, threads: int = 0, device: str = "cpu"):
         tvm = _tvm()
         from tvm import relax
 
         set_threads(threads)
         self._tvm = tvm
-        self._device = tvm.cpu()
+        self._device = tvm.device(device, 0)
         self._vm = relax.VirtualMachine(tvm.runtime.load_module(str(library)), self._device)
         self._main = self._vm["main"]
 

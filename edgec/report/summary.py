@@ -21,15 +21,20 @@ def summary(report: dict) -> str:
     v = report.get("verification", {})
     if "skipped" in v:
         lines.append(f"  accuracy:  not verified ({v['skipped']})")
+    elif "cubin_bytes" in v:
+        lines.append(f"  accuracy:  not run ({v['run']}); device code: {v['method']}: PASS")
     elif v:
         verdict = "PASS" if v["passed"] else "FAIL"
         lines.append(
             f"  accuracy:  {verdict} vs onnxruntime: cosine {v['min_cosine']:.6f}, "
             f"max abs err {v['max_abs_err']:.2g}, scaled err {v['scaled_err']:.2g} "
             f"(tolerance {v['tolerance']:g}; inputs {v['inputs']})"
+            + (f" [emulated: {v['emulated']}]" if v.get("emulated") else "")
         )
     lat = report.get("latency")
-    if lat:
+    if lat and "skipped" in lat:
+        lines.append(f"  latency:   not measured ({lat['skipped']})")
+    elif lat:
         e, o = lat["edgec"], lat["onnxruntime"]
         ratio = lat["edgec_vs_onnxruntime_p50"]
         verdict = f"{1 / ratio:.2f}x faster" if ratio < 1 else f"{ratio:.1f}x slower"
