@@ -145,7 +145,11 @@ def versions() -> dict[str, str]:
     from edgec import __version__
     from edgec.lower import schedules
 
-    source = Path(schedules.__file__).read_bytes()
+    from edgec.lower import conv_algos, im2col, im2win, winograd
+
+    source = b"".join(
+        Path(m.__file__).read_bytes() for m in (schedules, conv_algos, im2col, im2win, winograd)
+    )
     return {
         "edgec": f"{__version__}+schedules.{hashlib.sha256(source).hexdigest()[:12]}",
         "tvm": _tvm().__version__,

@@ -398,7 +398,12 @@ def _tile_loops(sch: s_tir.Schedule, spatial: list, extents: tuple[int, ...]) ->
     return [next(it) if extent > 1 else None for extent in extents]
 
 
-TEMPLATES: tuple = (Conv2d(), Matmul(), Generic())
+# convolution algorithms other than direct (edgec.lower.conv_algos): matched by block name, so
+# they go first (Conv2d would also match an im2win/im2col reduction)
+from edgec.lower import im2col, im2win, winograd  # noqa: E402
+
+TEMPLATES: tuple = (im2win.TEMPLATE, im2col.TEMPLATE, winograd.TEMPLATE, Conv2d(), Matmul(),
+                    Generic())  # fmt: skip
 
 
 def constant_params(mod) -> dict[str, set[int]]:
