@@ -106,6 +106,7 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
     search: str = "none",
     search_budget_s: float | None = None,
     tuning_db: str | os.PathLike | None = None,
+    conv_algo: str = "auto",
     log: Log = _quiet,
 ) -> CompileResult:
     """Compile an ONNX model into a deployable artifact directory ``output``.
@@ -113,6 +114,8 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
     ``search`` picks each kernel's schedule knobs: ``none`` (the templates' defaults), ``fast``
     (latency-measured on this machine within ``search_budget_s``, 120 s by default) or ``full``
     (every candidate); results are cached in ``tuning_db`` (see ``edgec.search``).
+    ``conv_algo`` forces a convolution algorithm (direct, im2col, im2win, winograd) where it
+    applies, or with ``auto`` lets the search choose per conv layer (direct without a search).
 
     Raises InvalidInputError (bad input), UnsupportedModelError (ops TVM cannot lower) or
     VerificationError (results differ from onnxruntime beyond ``tolerance``); in every error case
@@ -124,6 +127,9 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
     pipeline = passes.select(skip_passes, only_passes)
     threads = threads or default_threads()
     precision = "fp32"
+    from edgec.lower import conv_algos
+
+    conv_algos.check_choice(conv_algo)
     tuner, search_report = _tuner(tgt, search, search_budget_s, tuning_db, threads, log)
     tolerance = verify.TOLERANCE[precision] if tolerance is None else tolerance
     step = _Steps(log)
@@ -137,7 +143,10 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
     with step("passes", f"passes ({', '.join(p.name for p in pipeline) or 'none'})"):
         optimized, pass_reports = passes.run_pipeline(imported.model, pipeline, seed=seed)
     with step("build", f"build for {tgt.name}" + (f" (search {search})" if tuner else "")):
-        executable, kernels = lower.build(optimized, tgt, threads, tune=tuner)
+        plans: list = []
+        executable, kernels = lower.build(
+            optimized, tgt, threads, tune=tuner, conv_algo=conv_algo, conv_plan=plans
+        )
     if tuner is not None:
         search_report = tuner.summary()
         tuner.annotate(kernels)
@@ -176,6 +185,7 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
             "passes": pass_reports,
             "kernels": kernels,
             "search": search_report,
+            "conv_algos": plans[0].summary() if plans else {"conv_algo": conv_algo},
         }
         runnable = tgt.runs_here and lower.host_can_run(tgt)
         if verify_result and not runnable:

@@ -104,7 +104,7 @@ class PackedConv:
         blocks = S._blocks(sch)
         names = [b["name"] for b in blocks]
         if f"{self.name}_conv" not in names or f"{self.name}_pack" not in names:
-            raise S.Decline(f"no {self.name} blocks")
+            raise S.NotMine(f"no {self.name} blocks")
         index, conv = S._anchor(blocks)
         if conv["name"] != f"{self.name}_conv" or conv["spatial"] != 4:
             raise S.Decline(f"the reduction is not {self.name}_conv")

@@ -44,6 +44,10 @@ class Decline(Exception):
     """The template does not apply to this function (the message says why)."""
 
 
+class NotMine(Decline):
+    """The function is not of the template's kind at all (not recorded in ``declined``)."""
+
+
 def _block_info(sch: s_tir.Schedule, block) -> dict:
     stmt = sch.get(block)
     kinds = [int(iv.iter_type) for iv in stmt.iter_vars]
@@ -449,7 +453,8 @@ def apply_all(
                 info = template.match(func)
                 info["constants"] = constants.get(gv.name_hint, set())
             except Decline as e:
-                record.setdefault("declined", []).append(f"{template.name}: {e}")
+                if not isinstance(e, NotMine):
+                    record.setdefault("declined", []).append(f"{template.name}: {e}")
                 continue
             try:
                 default = template.default(info, lanes)

@@ -74,19 +74,25 @@ def _sum_terms(terms):
     return out if out is not None else tirx.const(0.0, "float32")
 
 
-def _select(index_a, index_b, table):
-    """``table[a][b]`` for symbolic (a, b): a chain of Selects that folds to one entry once a
-    and b are constants (unrolled loops)."""
+def _select(index, branches):
+    """``branches[index]`` for a symbolic index: a short chain of Selects that folds to one
+    branch once the index is a constant (an unrolled loop)."""
     from tvm import tirx
 
-    entries = [(i, j, e) for i, row in enumerate(table) for j, e in enumerate(row)]
-    out = entries[-1][2]
-    for i, j, e in reversed(entries[:-1]):
-        out = tirx.Select(tirx.all(index_a == i, index_b == j), e, out)
+    out = branches[-1]
+    for i in range(len(branches) - 2, -1, -1):
+        out = tirx.Select(index == i, branches[i], out)
     return out
 
 
+def _combine(mat: np.ndarray, col: int, load) -> object:
+    """sum_a mat[a, col] * load(a) over the non-zero entries."""
+    return _sum_terms((mat[a, col], load(a)) for a in range(mat.shape[0]) if mat[a, col] != 0)
+
+
 def compute(x, u, spec: ConvSpec, m: int = 4):
+    """Separable transforms (B^T d B as a row then a column pass; A^T M A likewise), each an
+    injective stage selecting over one constant index: cheap to compile, no zero terms."""
     from tvm import te
 
     s = spec
@@ -104,43 +110,40 @@ def compute(x, u, spec: ConvSpec, m: int = 4):
     def tile(p):
         return p // (nh * nw), p // nw % nh, p % nw
 
-    def v_value(e, v, p, c):
+    def rows(e, b, p, c):  # (B^T d)[e, b]
         n, th, tw = tile(p)
-        table = [
-            [
-                _sum_terms(
-                    (b_mat[a, ee] * b_mat[b, vv], xp[n, c // cb, th * m + a, tw * m + b, c % cb])
-                    for a in range(alpha) for b in range(alpha)
-                    if b_mat[a, ee] * b_mat[b, vv] != 0
-                )  # fmt: skip
-                for vv in range(alpha)
-            ]
+        return _select(e, [
+            _combine(b_mat, ee, lambda a: xp[n, c // cb, th * m + a, tw * m + b, c % cb])
             for ee in range(alpha)
-        ]
-        return _select(e, v, table)
+        ])  # fmt: skip
 
-    vin = te.compute((alpha, alpha, tiles, s.cin), v_value, name="winograd_input")
+    t1 = te.compute((alpha, alpha, tiles, s.cin), rows, name="winograd_rows")
+    vin = te.compute(
+        (alpha, alpha, tiles, s.cin),
+        lambda e, v, p, c: _select(
+            v, [_combine(b_mat, vv, lambda b: t1[e, b, p, c]) for vv in range(alpha)]
+        ),
+        name="winograd_input",
+    )
     c = te.reduce_axis((0, s.cin), "c")
     mm = te.compute(
         (alpha, alpha, tiles, s.cout),
         lambda e, v, p, k: te.sum(vin[e, v, p, c] * u[e, v, c, k], axis=c),
         name="winograd_gemm",
     )
+    cols = te.compute(  # (M A)[a, vw]
+        (alpha, m, tiles, s.cout),
+        lambda a, vw, p, k: _select(
+            vw, [_combine(a_mat, j, lambda b: mm[a, b, p, k]) for j in range(m)]
+        ),
+        name="winograd_cols",
+    )
 
     def y_value(n, k, h, w):
         p = n * (nh * nw) + h // m * nw + w // m
-        table = [
-            [
-                _sum_terms(
-                    (a_mat[a, vh] * a_mat[b, vw], mm[a, b, p, k])
-                    for a in range(alpha) for b in range(alpha)
-                    if a_mat[a, vh] * a_mat[b, vw] != 0
-                )  # fmt: skip
-                for vw in range(m)
-            ]
-            for vh in range(m)
-        ]
-        return _select(h % m, w % m, table)
+        return _select(
+            h % m, [_combine(a_mat, i, lambda a: cols[a, w % m, p, k]) for i in range(m)]
+        )
 
     return te.compute((s.n, s.cout, s.ho, s.wo), y_value, name="winograd_output")
 
@@ -154,9 +157,10 @@ class Winograd:
         sch = S.s_tir.Schedule(func)
         blocks = S._blocks(sch)
         names = [b["name"] for b in blocks]
-        for need in ("winograd_pack", "winograd_input", "winograd_gemm", "winograd_output"):
+        for need in ("winograd_pack", "winograd_rows", "winograd_input", "winograd_gemm",
+                     "winograd_cols", "winograd_output"):  # fmt: skip
             if need not in names:
-                raise S.Decline(f"no {need} block")
+                raise S.NotMine(f"no {need} block")
         index, gemm = S._anchor(blocks)
         if gemm["name"] != "winograd_gemm":
             raise S.Decline("the reduction is not winograd_gemm")
@@ -196,10 +200,8 @@ class Winograd:
         gemm = by_name["winograd_gemm"]
         m, kb, pb = info["m"], knobs["kb"], knobs["pb"]
         # output transform + epilogue: one vectorized loop nest over (tile, k-vector)
-        if blocks[-1]["name"] == "winograd_output":
-            out = blocks[-1]["block"]
-        else:
-            out = S._inline_epilogue(sch, blocks, info["anchor"])["block"]
+        cols_at = [b["name"] for b in blocks].index("winograd_cols")
+        out = S._inline_epilogue(sch, blocks, cols_at)["block"]
         kv = (S._divisors(info["k"], (16, 8, 4, 2)) or [1])[0]
         n, k, h, w = sch.get_loops(out)
         ko, ki = sch.split(k, [None, kv])
@@ -210,6 +212,13 @@ class Winograd:
         sch.unroll(vw)
         if kv > 1:
             sch.vectorize(ki)
+        cols = by_name["winograd_cols"]
+        sch.compute_at(cols, ko)
+        a_, vw_, *rest = S._loops_below(sch, cols, ko)
+        for lp in (a_, vw_):
+            sch.unroll(lp)
+        if kv > 1 and rest:
+            sch.vectorize(rest[-1])
         S._parallel_outer(sch, [n, th, tw])
         # the batched GEMM: accumulators pb x kb in registers
         mout = sch.cache_write(gemm, 0, "global")
@@ -244,6 +253,13 @@ class Winograd:
         sch.unroll(v)
         if cb > 1:
             sch.vectorize(ci)
+        rows = by_name["winograd_rows"]
+        sch.compute_at(rows, co)
+        e_, b_, *rest = S._loops_below(sch, rows, co)
+        sch.unroll(e_)
+        sch.unroll(b_)
+        if cb > 1 and rest:
+            sch.vectorize(rest[-1])
         S._parallel_outer(sch, [p])
         S._parallel_outer(sch, sch.get_loops(by_name["winograd_pack"])[:-1])
         return sch.mod["main"]
