@@ -207,8 +207,9 @@ def rewrite(mod, assign: Assign) -> tuple[object, list[dict]]:
                 return call
             parsed = _conv_spec(call)
             if parsed is None:
+                reason = "not a static NCHW conv with a constant weight"
                 layers.append({"layer": len(layers), "spec": None, "algo": "direct",
-                               "fallback": "not a static NCHW conv with a constant weight"})  # fmt: skip
+                               "fallback": reason})  # fmt: skip
                 return call
             spec, weight = parsed
             algo, option = assign(len(layers), spec)
@@ -229,11 +230,22 @@ def rewrite(mod, assign: Assign) -> tuple[object, list[dict]]:
     return rewriter.builder_.get(), layers
 
 
+def parse(conv_algo: str) -> tuple[str, object]:
+    """``auto``, an algorithm (its default option) or a variant label (``im2win-nchw``,
+    ``winograd-2``) -> (algorithm, option)."""
+    if conv_algo == "auto" or conv_algo in ALGOS:
+        return conv_algo, DEFAULT_OPTION.get(conv_algo)
+    for algo, option in VARIANTS:
+        if _variant_label(algo, option) == conv_algo:
+            return algo, option
+    names = [*CHOICES, *(_variant_label(a, o) for a, o in VARIANTS if o is not None)]
+    raise InvalidInputError(
+        f"unknown convolution algorithm {conv_algo!r}: use one of {', '.join(names)}"
+    )
+
+
 def check_choice(conv_algo: str) -> None:
-    if conv_algo not in CHOICES:
-        raise InvalidInputError(
-            f"unknown convolution algorithm {conv_algo!r}: use one of {', '.join(CHOICES)}"
-        )
+    parse(conv_algo)
 
 
 def forced(conv_algo: str, option=None) -> Assign:
@@ -329,8 +341,10 @@ class Plan:
 
         if self.conv_algo == "auto" and tune is not None:
             return self._auto(pre, zero, tune)
-        algo = "direct" if self.conv_algo == "auto" else self.conv_algo
-        mod, self.layers = rewrite(pre, forced(algo))
+        algo, option = parse(self.conv_algo)
+        if algo == "auto":
+            algo = "direct"
+        mod, self.layers = rewrite(pre, forced(algo, option))
         mod = zero(mod)
         choose = tune(measure.kernel_tasks(mod, self.lanes), self.target) if tune else None
         self._map(mod)

@@ -197,40 +197,68 @@ TEMPLATE = PackedConv("im2win")
 
 
 def cuda_schedule(func, *, tile_o: int = 64, tile_x: int = 32, thread_o: int = 4,
-                  thread_x: int = 4, tile_k: int = 8):  # fmt: skip
-    """im2win as a CUDA kernel (NCHW window layout, fp32): the window tensor is built by its
-    own kernel; the conv is an implicit GEMM over (O) x (output pixels) x (C*KW*KH) whose
-    reduction is staged through shared memory in chunks of ``tile_k`` window-row elements.
-    Block tile ``tile_o`` x ``tile_x``, thread tile ``thread_o`` x ``thread_x`` in registers."""
+                  thread_x: int = 4, tile_c: int = 4):  # fmt: skip
+    """im2win as a CUDA kernel (NCHW window layout, fp32). The window tensor is built by its own
+    kernel; the conv is an implicit GEMM: a thread block computes ``tile_o`` output channels x
+    ``tile_x`` columns of one output row; per step of ``tile_c`` input channels, the window rows
+    it needs (``tile_c x span x KH``, contiguous in the window tensor) and the filter rows are
+    staged in shared memory by all threads, then each thread accumulates a ``thread_o`` x
+    ``thread_x`` register tile."""
     from tvm import s_tir
 
     sch = s_tir.Schedule(func)
     conv = sch.get_sblock("im2win_conv")
     pack = sch.get_sblock("im2win_pack")
-    n, o, i, j, *red = sch.get_loops(conv)
-    pix = sch.fuse(n, i, j)
-    rk = sch.fuse(*red)
+    acc = sch.cache_write(conv, 0, "local")
+    n, o, i, j, c, q, r = sch.get_loops(conv)
     bo, to, vo = sch.split(o, [None, tile_o // thread_o, thread_o])
-    bx, tx, vx = sch.split(pix, [None, tile_x // thread_x, thread_x])
-    ko, ki = sch.split(rk, [None, tile_k])
-    sch.reorder(bo, bx, to, tx, ko, ki, vo, vx)
-    sch.bind(sch.fuse(bo, bx), "blockIdx.x")
+    bx, tx, vx = sch.split(j, [None, tile_x // thread_x, thread_x])
+    co, ci = sch.split(c, [None, tile_c])
+    sch.reorder(n, i, bo, bx, to, tx, co, ci, q, r, vo, vx)
+    sch.bind(sch.fuse(n, i, bo, bx), "blockIdx.x")
     sch.bind(to, "threadIdx.y")
     sch.bind(tx, "threadIdx.x")
-    acc = sch.cache_write(conv, 0, "local")
     sch.reverse_compute_at(acc, tx)
-    for index in (0, 1):  # window rows and filter rows of this k chunk into shared memory
+    for index in (0, 1):  # window rows and filter rows of this channel step
         shared = sch.cache_read(conv, index, "shared")
-        sch.compute_at(shared, ko)
-        loops = sch.get_loops(shared)[-len(sch.get(shared).iter_vars) :]
-        fused = sch.fuse(*loops)
-        _, ty_, tx_ = sch.split(fused, [None, tile_o // thread_o, tile_x // thread_x])
-        sch.bind(ty_, "threadIdx.y")
+        sch.compute_at(shared, co)
+        fused = sch.fuse(*_loops_after(sch, shared, co))
+        _, ty, tx_ = sch.split(fused, [None, tile_o // thread_o, tile_x // thread_x])
+        sch.bind(ty, "threadIdx.y")  # a cooperative copy by all the block's threads
         sch.bind(tx_, "threadIdx.x")
-    sch.decompose_reduction(conv, ko)
-    loops = sch.get_loops(pack)
-    fused = sch.fuse(*loops)
+    sch.decompose_reduction(conv, co)
+    fused = sch.fuse(*sch.get_loops(pack))
     b, t = sch.split(fused, [None, 256])
     sch.bind(b, "blockIdx.x")
     sch.bind(t, "threadIdx.x")
     return sch.mod["main"]
+
+
+def _loops_after(sch, block, loop) -> list:
+    loops = sch.get_loops(block)
+    index = [sch.get(lp).same_as(sch.get(loop)) for lp in loops].index(True)
+    return loops[index + 1 :]
+
+
+def cuda_ptx(spec: ConvSpec, arch: str = "sm_80", **tiles) -> str:
+    """Compile the CUDA im2win kernel of ``spec`` (NCHW window) to PTX with nvcc: a check that
+    needs no GPU. Returns the PTX text."""
+    import os
+
+    import tvm
+    from tvm import te
+    from tvm.support import nvcc
+
+    os.environ.setdefault("TVM_CUDA_COMPILE_MODE", "nvcc")  # nvrtc needs cuda-bindings
+
+    x = te.placeholder((spec.n, spec.cin, spec.h, spec.w), "float32", name="x")
+    w = te.placeholder((spec.cout, spec.cg, spec.kw, spec.kh), "float32", name="w")
+    y = compute(x, w, spec, "nchw")
+    tiles.setdefault("tile_x", next(t for t in (8, 16, 32) if t >= spec.wo or t == 32))
+    func = cuda_schedule(te.create_prim_func([x, w, y]), **tiles)
+    target = tvm.target.Target({"kind": "cuda", "arch": arch})
+    mod = tvm.IRModule({"main": func.with_attr("global_symbol", "im2win_conv2d")})
+    with target:
+        lib = tvm.tirx.build(mod, target=target)
+        source = lib.imports[0].inspect_source("cuda") if lib.imports else lib.inspect_source()
+        return nvcc.compile_cuda(source, target_format="ptx", arch=arch, compiler="nvcc").decode()

@@ -143,9 +143,7 @@ def versions() -> dict[str, str]:
     """edgec and TVM versions for the cache key. ``schedules`` is a hash of the template source,
     so timings recorded by other template code are not reused (stale while developing)."""
     from edgec import __version__
-    from edgec.lower import schedules
-
-    from edgec.lower import conv_algos, im2col, im2win, winograd
+    from edgec.lower import conv_algos, im2col, im2win, schedules, winograd
 
     source = b"".join(
         Path(m.__file__).read_bytes() for m in (schedules, conv_algos, im2col, im2win, winograd)

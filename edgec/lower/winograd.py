@@ -69,8 +69,8 @@ def _sum_terms(terms):
             t, neg = e * tirx.const(float(coef), "float32"), False
         if out is None:
             out = -t if neg else t
-        else:
-            out = out - t if neg else out + t
+            continue
+        out = out - t if neg else out + t
     return out if out is not None else tirx.const(0.0, "float32")
 
 
