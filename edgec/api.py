@@ -118,6 +118,7 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
     html_report: bool = True,
     ndk: str | os.PathLike | None = None,
     bundle: bool = True,
+    conv_algo: str = "auto",
     log: Log = _quiet,
 ) -> CompileResult:
     """Compile an ONNX model into a deployable artifact directory ``output``.
@@ -125,6 +126,8 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
     ``search`` picks each kernel's schedule knobs: ``none`` (the templates' defaults), ``fast``
     (latency-measured on this machine within ``search_budget_s``, 120 s by default) or ``full``
     (every candidate); results are cached in ``tuning_db`` (see ``edgec.search``).
+    ``conv_algo`` forces a convolution algorithm (direct, im2col, im2win, winograd) where it
+    applies, or with ``auto`` lets the search choose per conv layer (direct without a search).
 
     ``gates`` (``edgec.report.gates.Gates``) are evaluated into ``report["gates"]``; a violated
     gate does not stop the compile (the artifact is written): the caller decides (the CLI exits 1).
@@ -148,6 +151,9 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
     pipeline = passes.select(skip_passes, only_passes)
     threads = threads or default_threads()
     precision = "fp32"
+    from edgec.lower import conv_algos
+
+    conv_algos.check_choice(conv_algo)
     tuner, search_report = _tuner(tgt, search, search_budget_s, tuning_db, threads, log)
     tolerance = verify.TOLERANCE[precision] if tolerance is None else tolerance
     step = _Steps(log)
@@ -161,7 +167,10 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
     with step("passes", f"passes ({', '.join(p.name for p in pipeline) or 'none'})"):
         optimized, pass_reports = passes.run_pipeline(imported.model, pipeline, seed=seed)
     with step("build", f"build for {tgt.name}" + (f" (search {search})" if tuner else "")):
-        executable, kernels = lower.build(optimized, tgt, threads, tune=tuner)
+        plans: list = []
+        executable, kernels = lower.build(
+            optimized, tgt, threads, tune=tuner, conv_algo=conv_algo, conv_plan=plans
+        )
     if tuner is not None:
         search_report = tuner.summary()
         tuner.annotate(kernels)
@@ -207,6 +216,7 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
             "passes": pass_reports,
             "kernels": kernels,
             "search": search_report,
+            "conv_algos": plans[0].summary() if plans else {"conv_algo": conv_algo},
         }
         foreign = verify_result and not runnable
         if foreign and emulator and bundle_section and "files" in bundle_section:

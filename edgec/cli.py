@@ -185,6 +185,14 @@ def _pass_options(f):
     "else ~/.cache/edgec/tuning.db].",
 )
 @click.option(
+    "--conv-algo",
+    type=click.Choice(["auto", "direct", "im2col", "im2win", "winograd"]),
+    default="auto",
+    show_default=True,
+    help="Convolution algorithm: force one family where it applies (else direct), or auto = "
+    "chosen per conv layer by the search's measured latency (direct with --search none).",
+)
+@click.option(
     "--ndk",
     type=click.Path(file_okay=False),
     default=None,
@@ -202,7 +210,7 @@ def _pass_options(f):
 @click.pass_obj
 def compile(obj: _Context, model, output, target, input_shapes, force, skip_pass, only_pass,
             no_verify, verify_input, tolerance, threads, no_bench, bench_runs, bench_budget,
-            seed, search, budget, tuning_db, ndk, no_bundle, no_html, as_json,
+            seed, search, budget, tuning_db, conv_algo, ndk, no_bundle, no_html, as_json,
             **gate_options) -> None:  # fmt: skip
     """Compile MODEL.onnx into a deployable artifact directory OUT/.
 
@@ -226,8 +234,8 @@ def compile(obj: _Context, model, output, target, input_shapes, force, skip_pass
                 verify_inputs=_load_inputs(verify_input) or None, tolerance=tolerance,
                 threads=threads, bench=not no_bench, bench_runs=bench_runs,
                 bench_budget_s=bench_budget, seed=seed, search=search, search_budget_s=budget,
-                tuning_db=tuning_db, ndk=ndk, bundle=not no_bundle, gates=gates,
-                html_report=not no_html, log=obj.log,
+                tuning_db=tuning_db, conv_algo=conv_algo, ndk=ndk, bundle=not no_bundle,
+                gates=gates, html_report=not no_html, log=obj.log,
             )  # fmt: skip
     except VerificationError as e:
         if as_json and e.report:

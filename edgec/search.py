@@ -520,6 +520,15 @@ class Search:
             return default
         return w.best
 
+    def adopt(self, tasks: Iterable) -> None:
+        """Answer for kernels searched under other names: tasks of a module lowered after the
+        search (edgec.lower.conv_algos) whose workloads were measured."""
+        by_workload = {w.task.workload: w for w in self.workloads}
+        for task in tasks:
+            w = by_workload.get(task.workload)
+            if w is not None:
+                self.by_kernel[task.name] = w
+
     # reporting -------------------------------------------------------------------------------
 
     def summary(self) -> dict:

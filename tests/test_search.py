@@ -87,9 +87,10 @@ class Fake:
 
 
 def compile_(model, out, db, search_mode="fast", budget=None, log=None):
+    # the knob search alone: conv algorithms (auto) are tested in tests/lower/test_conv_algos.py
     return edgec.compile(
         model, out, input_shapes=SHAPE, bench=False, search=search_mode, search_budget_s=budget,
-        tuning_db=db, log=log or (lambda _: None),
+        tuning_db=db, log=log or (lambda _: None), conv_algo="direct",
     ).report  # fmt: skip
 
 
@@ -423,7 +424,7 @@ def test_real_candidates_agree_and_time(tmp_path):
 def test_cli_fast_search_with_a_small_budget(cli, two_conv, tmp_path):
     t0 = time.perf_counter()
     r = cli("compile", two_conv, "-o", tmp_path / "out", "--search", "fast", "--budget", "5",
-            "--tuning-db", tmp_path / "t.db", "--no-bench")  # fmt: skip
+            "--tuning-db", tmp_path / "t.db", "--no-bench", "--conv-algo", "direct")  # fmt: skip
     assert r.code == 0, r.err
     assert time.perf_counter() - t0 < 30
     assert "search:    fast (budget 5 s)" in r.out
@@ -441,7 +442,8 @@ def test_cli_fast_search_with_a_small_budget(cli, two_conv, tmp_path):
     assert report["verification"]["passed"]
     db = tmp_path / "t.db"
     r = cli("compile", two_conv, "-o", tmp_path / "out", "--force", "--search", "fast",
-            "--budget", "0.5", "--tuning-db", db, "--no-bench", "--json")  # fmt: skip
+            "--budget", "0.5", "--tuning-db", db, "--no-bench", "--json",
+            "--conv-algo", "direct")  # fmt: skip
     assert r.code == 0, r.err
     again = json.loads(r.out)["search"]
     assert again["budget_s"] == 0.5 and again["seconds"] < 3

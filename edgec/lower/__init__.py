@@ -173,6 +173,8 @@ def build(
     schedule: bool = True,
     choose: Callable | None = None,
     tune: Callable | None = None,
+    conv_algo: str = "auto",
+    conv_plan: list | None = None,
 ):
     """Compile to a Relax executable for ``target``; returns it and one record per kernel.
 
@@ -184,6 +186,10 @@ def build(
     space, default) -> knobs`` picks others (``schedules.apply_all``'s hook). ``tune(tasks,
     target_json) -> choose`` is called first with every kernel (``measure.Task``) when given:
     the latency-measured search (``edgec.search.Search``).
+
+    ``conv_algo`` (``conv_algos.CHOICES``) forces a convolution algorithm on every conv layer it
+    applies to, or (``auto``, with ``tune``) lets the search choose per layer; the plan (a
+    ``conv_algos.Plan``) is appended to ``conv_plan`` when given, for the report.
     """
     tvm = _tvm()
     from tvm import relax
@@ -204,7 +210,18 @@ def build(
         mod = transform.CanonicalizeBindings()(mod)
         if schedule:
             mod = transform.FastMathTransform()(mod)
-        mod = relax.get_pipeline("zero")(mod)
+        plan = None
+        if schedule and (conv_algo != "auto" or tune is not None or conv_plan is not None):
+            from edgec.lower import conv_algos
+
+            lanes = vector_lanes(target)
+            plan = conv_algos.Plan(conv_algo, lanes, target_json(target, threads))
+            mod, tuned = plan.lower(mod, relax.get_pipeline("zero"), tune)
+            choose, tune = tuned or choose, None
+            if conv_plan is not None:
+                conv_plan.append(plan)
+        else:
+            mod = relax.get_pipeline("zero")(mod)
         if schedule:
             from edgec.lower.traffic import kernel_bytes
 
@@ -220,6 +237,8 @@ def build(
                 mod, records = schedules.apply_all(mod, lanes, choose=choose)
             for record in records:
                 record["bytes"] = traffic.get(record["kernel"])
+            if plan is not None:
+                plan.annotate(records)
             mod = transform.SplitLayoutRewritePreproc()(mod)
             mod = transform.LiftTransformParams()(mod)
             mod = transform.FoldConstant()(mod)

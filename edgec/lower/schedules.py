@@ -44,6 +44,10 @@ class Decline(Exception):
     """The template does not apply to this function (the message says why)."""
 
 
+class NotMine(Decline):
+    """The function is not of the template's kind at all (not recorded in ``declined``)."""
+
+
 def _block_info(sch: s_tir.Schedule, block) -> dict:
     stmt = sch.get(block)
     kinds = [int(iv.iter_type) for iv in stmt.iter_vars]
@@ -398,7 +402,12 @@ def _tile_loops(sch: s_tir.Schedule, spatial: list, extents: tuple[int, ...]) ->
     return [next(it) if extent > 1 else None for extent in extents]
 
 
-TEMPLATES: tuple = (Conv2d(), Matmul(), Generic())
+# convolution algorithms other than direct (edgec.lower.conv_algos): matched by block name, so
+# they go first (Conv2d would also match an im2win/im2col reduction)
+from edgec.lower import im2col, im2win, winograd  # noqa: E402
+
+TEMPLATES: tuple = (im2win.TEMPLATE, im2col.TEMPLATE, winograd.TEMPLATE, Conv2d(), Matmul(),
+                    Generic())  # fmt: skip
 
 
 def constant_params(mod) -> dict[str, set[int]]:
@@ -444,7 +453,8 @@ def apply_all(
                 info = template.match(func)
                 info["constants"] = constants.get(gv.name_hint, set())
             except Decline as e:
-                record.setdefault("declined", []).append(f"{template.name}: {e}")
+                if not isinstance(e, NotMine):
+                    record.setdefault("declined", []).append(f"{template.name}: {e}")
                 continue
             try:
                 default = template.default(info, lanes)

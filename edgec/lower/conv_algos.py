@@ -1,0 +1,480 @@
+"""Convolution algorithms as a kernel family: direct, im2col, im2win and Winograd.
+
+The ``conv2d`` template (``schedules.Conv2d``) schedules TVM's own convolution (``direct``).
+The other algorithms replace a Relax ``nn.conv2d`` call *before* operator fusion with a
+``call_tir`` of their own TE computation (``im2col``/``im2win``: input transform + reduction;
+``winograd``: input transform, batched GEMM, output transform). The call keeps the conv's
+signature (input, constant weight -> NCHW output); the weight is transformed at compile time in
+numpy (a new constant), and the PrimFunc carries ``op_pattern`` = out-elementwise-fusable, so
+Relax fuses the bias / residual / ReLU epilogue into it exactly as into a direct conv. Each
+algorithm has a schedule template (``TEMPLATES``) that recognizes its blocks by name in the
+fused PrimFunc and schedules them from a small knob space.
+
+Per conv layer the algorithm is forced (``--conv-algo``) or, with ``auto`` and a search, chosen
+by measured latency: the model is lowered once per algorithm *variant* (``VARIANTS``), every
+variant's kernels are searched together (shared tuning cache and budget), and each conv layer
+takes the variant whose kernel is fastest, if its numerical error (Winograd) is within
+``WINOGRAD_RTOL``. Without a search, ``auto`` is ``direct``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+from edgec.errors import InvalidInputError
+
+ALGOS = ("direct", "im2col", "im2win", "winograd")
+CHOICES = (*ALGOS, "auto")
+# what `auto` lowers and measures: (algorithm, TE-level option)
+VARIANTS: tuple[tuple[str, object], ...] = (
+    ("direct", None), ("im2col", None), ("im2win", "nhwc"), ("im2win", "nchw"),
+    ("winograd", 4), ("winograd", 2),
+)  # fmt: skip
+DEFAULT_OPTION = {"direct": None, "im2col": None, "im2win": "nhwc", "winograd": 4}
+WINOGRAD_RTOL = 1e-4  # max |winograd - exact| / max |exact| per layer, on its real weights
+OUT_EWISE_FUSABLE = 4  # relax OpPatternKind: fuse the elementwise epilogue into the call
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvSpec:
+    """A 2-D convolution, NCHW input and OIHW weight (ONNX semantics)."""
+
+    n: int
+    cin: int
+    h: int
+    w: int
+    cout: int
+    kh: int
+    kw: int
+    stride: tuple[int, int] = (1, 1)
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)  # top, left, bottom, right
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
+    dtype: str = "float32"
+
+    @property
+    def cg(self) -> int:
+        return self.cin // self.groups
+
+    @property
+    def og(self) -> int:
+        return self.cout // self.groups
+
+    @property
+    def ho(self) -> int:
+        return (self.h + self.pads[0] + self.pads[2] - self.dilation[0] * (self.kh - 1) - 1) // (
+            self.stride[0]
+        ) + 1
+
+    @property
+    def wo(self) -> int:
+        return (self.w + self.pads[1] + self.pads[3] - self.dilation[1] * (self.kw - 1) - 1) // (
+            self.stride[1]
+        ) + 1
+
+    @property
+    def wspan(self) -> int:
+        """Padded input columns that some output reads (<= W + left + right)."""
+        return (self.wo - 1) * self.stride[1] + (self.kw - 1) * self.dilation[1] + 1
+
+    @property
+    def depthwise(self) -> bool:
+        return self.groups > 1 and self.cg == 1
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.n * self.cout * self.ho * self.wo * self.cg * self.kh * self.kw
+
+    def label(self) -> str:
+        s, d = self.stride, self.dilation
+        return (
+            f"{self.cin}->{self.cout} k{self.kh}x{self.kw} s{s[0]}"
+            + (f"x{s[1]}" if s[1] != s[0] else "")
+            + (f" d{d[0]}" if d != (1, 1) else "")
+            + (f" g{self.groups}" if self.groups > 1 else "")
+            + f" {self.h}x{self.w}"
+        )
+
+
+def not_applicable(algo: str, spec: ConvSpec) -> str | None:
+    """Why ``algo`` cannot compute ``spec`` (None: it can)."""
+    if algo == "direct":
+        return None
+    if spec.dtype != "float32":
+        return f"{algo} is fp32 only"
+    if spec.depthwise:
+        return f"depthwise: {algo} has no reduction over channels to gain from (direct kernel)"
+    if algo == "winograd":
+        if (spec.kh, spec.kw, spec.stride, spec.dilation, spec.groups) != (3, 3, (1, 1), (1, 1), 1):
+            return "winograd needs a 3x3 kernel, stride 1, dilation 1, groups 1"
+        if spec.cin % 4:
+            return "winograd needs input channels divisible by 4"
+    return None
+
+
+def transformed_bytes(algo: str, spec: ConvSpec, option=None) -> dict:
+    """Bytes of the algorithm's transformed input and of all its workspace (fp32)."""
+    s, f = spec, 4
+    if algo == "direct":
+        padded = s.n * s.cin * (s.h + s.pads[0] + s.pads[2]) * (s.w + s.pads[1] + s.pads[3])
+        return {"transformed_input_bytes": 0, "workspace_bytes": padded * f if any(s.pads) else 0}
+    if algo == "im2col":
+        col = s.n * s.cin * s.kh * s.kw * s.ho * s.wo * f
+        return {"transformed_input_bytes": col, "workspace_bytes": col}
+    if algo == "im2win":
+        win = s.n * s.cin * s.ho * s.wspan * s.kh * f
+        return {"transformed_input_bytes": win, "workspace_bytes": win}
+    if algo == "winograd":
+        m = option or DEFAULT_OPTION["winograd"]
+        alpha, nh, nw = m + 2, -(-s.ho // m), -(-s.wo // m)
+        tiles = s.n * nh * nw
+        packed = s.n * s.cin * (nh * m + 2) * (nw * m + 2) * f
+        v, mm = alpha * alpha * tiles * s.cin * f, alpha * alpha * tiles * s.cout * f
+        return {"transformed_input_bytes": v, "workspace_bytes": packed + v + mm}
+    raise KeyError(algo)
+
+
+# --------------------------------------------------------------------------------------------
+# the Relax rewrite
+
+
+def _conv_spec(call) -> tuple[ConvSpec, np.ndarray] | None:
+    """The spec and constant weight of a Relax conv2d call we can replace (else None)."""
+    import tvm
+
+    attrs = call.attrs
+    if (attrs.data_layout, attrs.kernel_layout) != ("NCHW", "OIHW"):
+        return None
+    if attrs.out_layout not in ("NCHW", "") or not isinstance(call.args[1], tvm.ir.expr.Constant):
+        return None
+    x_ty, w_ty = call.args[0].ty, call.args[1].ty
+    try:
+        xs = [int(d) for d in x_ty.shape]
+    except (TypeError, AttributeError):
+        return None  # symbolic shape
+    dtype = str(x_ty.dtype)
+    if str(w_ty.dtype) != dtype or (attrs.out_dtype and str(attrs.out_dtype) not in ("", dtype)):
+        return None
+    weight = call.args[1].value.numpy()
+    pads = tuple(int(p) for p in attrs.padding)
+    if len(pads) == 2:
+        pads = (pads[0], pads[1], pads[0], pads[1])
+    spec = ConvSpec(
+        n=xs[0], cin=xs[1], h=xs[2], w=xs[3], cout=weight.shape[0],
+        kh=weight.shape[2], kw=weight.shape[3],
+        stride=tuple(int(v) for v in attrs.strides), pads=pads,
+        dilation=tuple(int(v) for v in attrs.dilation), groups=int(attrs.groups), dtype=dtype,
+    )  # fmt: skip
+    return spec, weight
+
+
+def _emit(builder, algo: str, option, x, weight: np.ndarray, spec: ConvSpec):
+    from tvm import relax
+
+    from edgec.lower import im2col, im2win, winograd
+
+    module = {"im2col": im2col, "im2win": im2win, "winograd": winograd}[algo]
+    packed, compute = module.relax_parts(spec, weight, option)
+    return builder.call_te(
+        compute, x, relax.const(packed),
+        primfunc_name_hint=f"{algo}_conv2d",
+        primfunc_attrs={"op_pattern": OUT_EWISE_FUSABLE},
+    )  # fmt: skip
+
+
+Assign = Callable[[int, ConvSpec], tuple[str, object]]
+
+
+def rewrite(mod, assign: Assign) -> tuple[object, list[dict]]:
+    """Replace the Relax conv2d calls of ``mod`` (before legalization) by the algorithm that
+    ``assign(layer_index, spec) -> (algo, option)`` gives; returns the module and one record
+    per conv layer (in dataflow order): spec, algorithm, why it fell back to direct."""
+    import tvm
+    from tvm import relax
+
+    conv_op = tvm.ir.Op.get("relax.nn.conv2d")
+    layers: list[dict] = []
+
+    @relax.expr_functor.mutator
+    class Rewriter(relax.PyExprMutator):
+        def visit_call_(self, call):
+            call = self.visit_expr_post_order(call)
+            if not (isinstance(call.op, tvm.ir.Op) and call.op.same_as(conv_op)):
+                return call
+            parsed = _conv_spec(call)
+            if parsed is None:
+                reason = "not a static NCHW conv with a constant weight"
+                layers.append({"layer": len(layers), "spec": None, "algo": "direct",
+                               "fallback": reason})  # fmt: skip
+                return call
+            spec, weight = parsed
+            algo, option = assign(len(layers), spec)
+            record = {"layer": len(layers), "spec": spec, "algo": algo, "option": option,
+                      "_weight": weight}  # fmt: skip
+            reason = not_applicable(algo, spec)
+            layers.append(record)
+            if reason is not None:
+                record.update(algo="direct", option=None, fallback=reason)
+            if record["algo"] == "direct":
+                return call
+            return _emit(self.builder_, algo, option, call.args[0], weight, spec)
+
+    rewriter = Rewriter(mod)
+    for gv, func in list(mod.functions.items()):
+        if isinstance(func, relax.Function):
+            rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
+    return rewriter.builder_.get(), layers
+
+
+def parse(conv_algo: str) -> tuple[str, object]:
+    """``auto``, an algorithm (its default option) or a variant label (``im2win-nchw``,
+    ``winograd-2``) -> (algorithm, option)."""
+    if conv_algo == "auto" or conv_algo in ALGOS:
+        return conv_algo, DEFAULT_OPTION.get(conv_algo)
+    for algo, option in VARIANTS:
+        if _variant_label(algo, option) == conv_algo:
+            return algo, option
+    names = [*CHOICES, *(_variant_label(a, o) for a, o in VARIANTS if o is not None)]
+    raise InvalidInputError(
+        f"unknown convolution algorithm {conv_algo!r}: use one of {', '.join(names)}"
+    )
+
+
+def check_choice(conv_algo: str) -> None:
+    parse(conv_algo)
+
+
+def forced(conv_algo: str, option=None) -> Assign:
+    opt = DEFAULT_OPTION[conv_algo] if option is None else option
+    return lambda _i, _spec: (conv_algo, opt)
+
+
+# --------------------------------------------------------------------------------------------
+# numerics: the exact convolution, for the Winograd error check and the tests
+
+
+def reference_conv(x: np.ndarray, weight: np.ndarray, spec: ConvSpec) -> np.ndarray:
+    """Convolution in float64 (ONNX semantics), by summing over the kernel taps."""
+    t, left, b, r = spec.pads
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (t, b), (left, r)))
+    out = np.zeros((spec.n, spec.cout, spec.ho, spec.wo))
+    (sh, sw), (dh, dw) = spec.stride, spec.dilation
+    w64 = weight.astype(np.float64)
+    for g in range(spec.groups):
+        xs = xp[:, g * spec.cg : (g + 1) * spec.cg]
+        ws = w64[g * spec.og : (g + 1) * spec.og]
+        for i in range(spec.kh):
+            for j in range(spec.kw):
+                patch = xs[:, :, i * dh : i * dh + sh * (spec.ho - 1) + 1 : sh,
+                           j * dw : j * dw + sw * (spec.wo - 1) + 1 : sw]  # fmt: skip
+                out[:, g * spec.og : (g + 1) * spec.og] += np.einsum(
+                    "nchw,oc->nohw", patch, ws[:, :, i, j]
+                )
+    return out
+
+
+def relative_error(got: np.ndarray, want: np.ndarray) -> float:
+    scale = max(float(np.abs(want).max()), 1e-30)
+    return float(np.abs(got.astype(np.float64) - want).max()) / scale
+
+
+def rounds_up(value: float) -> float:
+    return float(f"{value:.3g}") if value and math.isfinite(value) else value
+
+
+# --------------------------------------------------------------------------------------------
+# lowering with a conv algorithm plan (the hook of edgec.lower.build)
+
+
+def _weight_key(array: np.ndarray) -> str:
+    import hashlib
+
+    return f"{array.shape}:{hashlib.sha1(np.ascontiguousarray(array).tobytes()).hexdigest()}"
+
+
+def _conv_kernels(mod) -> dict[str, str]:
+    """weight key -> name of the kernel (fused PrimFunc) whose call takes that constant."""
+    import tvm
+    from tvm import relax
+
+    call_tir = tvm.ir.Op.get("relax.call_tir")
+    found: dict[str, str] = {}
+
+    def visit(expr) -> None:
+        if isinstance(expr, relax.Call) and expr.op.same_as(call_tir):
+            args = expr.args[1]
+            fields = list(args.fields) if isinstance(args, relax.Tuple) else [args]
+            for a in fields:
+                if isinstance(a, tvm.ir.expr.Constant) and len(a.ty.shape) >= 2:
+                    found.setdefault(_weight_key(a.value.numpy()), expr.args[0].name_hint)
+
+    for func in mod.functions.values():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+    return found
+
+
+def _variant_label(algo: str, option) -> str:  # noqa: D103
+    return algo if option is None else f"{algo}-{option}"
+
+
+class Plan:
+    """Which algorithm each conv layer of a model uses, and the lowering that applies it.
+
+    ``lower(pre, zero, tune)`` takes the Relax module before the ``zero`` pipeline and returns
+    the module after it plus the ``choose`` hook for ``schedules.apply_all``; ``annotate``
+    adds each conv layer's algorithm record to the report's kernel records."""
+
+    def __init__(self, conv_algo: str, lanes: int, target: dict, log=None):
+        check_choice(conv_algo)
+        self.conv_algo, self.lanes, self.target = conv_algo, lanes, target
+        self.log = log or (lambda _m: None)
+        self.layers: list[dict] = []
+        self.kernel_of: dict[str, list[int]] = {}  # final kernel name -> layer indices
+
+    def lower(self, pre, zero, tune=None):
+        from edgec.lower import measure
+
+        if self.conv_algo == "auto" and tune is not None:
+            return self._auto(pre, zero, tune)
+        algo, option = parse(self.conv_algo)
+        if algo == "auto":
+            algo = "direct"
+        mod, self.layers = rewrite(pre, forced(algo, option))
+        mod = zero(mod)
+        choose = tune(measure.kernel_tasks(mod, self.lanes), self.target) if tune else None
+        self._map(mod)
+        return mod, choose
+
+    def _map(self, mod) -> None:
+        """Final kernel name of each conv layer (found by its weight constant)."""
+        for i, name in _layer_kernels(mod, self.layers).items():
+            self.layers[i]["kernel"] = name
+            self.kernel_of.setdefault(name, []).append(i)
+
+    def _auto(self, pre, zero, tune):
+        """Lower every variant, search all their kernels together, pick per layer."""
+        import dataclasses as dc
+
+        from edgec.lower import measure
+
+        tasks, variants = [], {}
+        for algo, option in VARIANTS:
+            label = _variant_label(algo, option)
+            mod_v, layers = rewrite(pre, forced(algo, option))
+            if algo != "direct" and all(lay["algo"] == "direct" for lay in layers):
+                continue  # applies to no layer
+            mod_v = zero(mod_v)
+            tasks += [
+                dc.replace(t, name=f"{label}/{t.name}")
+                for t in measure.kernel_tasks(mod_v, self.lanes)
+            ]
+            variants[label] = {"algo": algo, "option": option, "layers": layers,
+                               "kernels": _layer_kernels(mod_v, layers)}  # fmt: skip
+        self.log(f"conv algorithms: searching {len(variants)} variants ({', '.join(variants)})")
+        search = getattr(tune(tasks, self.target), "__self__", None)  # Search.choose's owner
+        self.layers = self._choose(variants, search)
+        choice = {lay["layer"]: (lay["algo"], lay.get("option")) for lay in self.layers}
+        mod, _ = rewrite(pre, lambda i, spec: choice.get(i, ("direct", None)))
+        mod = zero(mod)
+        final = measure.kernel_tasks(mod, self.lanes)
+        if search is not None and hasattr(search, "adopt"):
+            search.adopt(final)
+        by_workload = {w.task.workload: w for w in getattr(search, "workloads", [])}
+        wanted = {t.name: t.workload for t in final}
+        self._map(mod)
+
+        def choose(name, info, space, default):
+            w = by_workload.get(wanted.get(name))
+            if w is None or w.best is None:
+                return default
+            if any(measure.canonical(k) == measure.canonical(w.best) for k in [default, *space]):
+                return w.best
+            return default
+
+        return mod, choose
+
+    def _choose(self, variants: dict, search) -> list[dict]:
+        chosen = []
+        for lay in variants["direct"]["layers"]:
+            i, spec = lay["layer"], lay["spec"]
+            tried = []
+            for label, v in variants.items():
+                if v["layers"][i]["algo"] != v["algo"]:
+                    continue  # fell back to direct in this variant
+                kernel = v["kernels"].get(i)
+                entry = {"algo": v["algo"], "option": v["option"],
+                         "ms": _score(search, f"{label}/{kernel}") if kernel else None,
+                         **transformed_bytes(v["algo"], spec, v["option"])}  # fmt: skip
+                if v["algo"] == "winograd":
+                    from edgec.lower import winograd
+
+                    err = winograd.layer_error(spec, lay["_weight"], v["option"])
+                    entry["error"] = rounds_up(err)
+                    if err > WINOGRAD_RTOL:
+                        entry["rejected"] = f"error {err:.2g} > {WINOGRAD_RTOL:g}"
+                tried.append(entry)
+            ok = [t for t in tried if t["ms"] is not None and "rejected" not in t]
+            best = min(ok, key=lambda t: t["ms"]) if ok else {"algo": "direct", "option": None}
+            chosen.append({**lay, "algo": best["algo"], "option": best["option"],
+                           "tried": tried})  # fmt: skip
+        return chosen
+
+    def annotate(self, records: list[dict]) -> None:
+        """Add ``conv`` (layers, algorithm, bytes, every algorithm tried with its time) to the
+        kernel records of conv layers."""
+        for rec in records:
+            layers = [self.layers[i] for i in self.kernel_of.get(rec["kernel"], [])]
+            if not layers:
+                continue
+            lay, spec = layers[0], layers[0].get("spec")
+            rec["conv"] = {
+                "layers": [x["layer"] for x in layers],
+                "shape": spec.label() if spec else None,
+                "algorithm": lay["algo"],
+                **({"option": lay["option"]} if lay.get("option") is not None else {}),
+                **({"fallback": lay["fallback"]} if lay.get("fallback") else {}),
+                **(transformed_bytes(lay["algo"], spec, lay.get("option")) if spec else {}),
+                **({"tried": lay["tried"]} if lay.get("tried") else {}),
+            }
+
+    def summary(self) -> dict:
+        counts: dict[str, int] = {}
+        for lay in self.layers:
+            counts[lay["algo"]] = counts.get(lay["algo"], 0) + 1
+        return {"conv_algo": self.conv_algo, "layers": len(self.layers), "chosen": counts}
+
+
+def _layer_kernels(mod, layers: list[dict]) -> dict[int, str]:
+    """layer index -> the kernel (fused PrimFunc) that computes it in ``mod``."""
+    keys = _conv_kernels(mod)
+    out = {}
+    for lay in layers:
+        if lay.get("_weight") is None:
+            continue
+        packed = _packed_weight(lay["algo"], lay.get("option"), lay["spec"], lay["_weight"])
+        name = keys.get(_weight_key(packed))
+        if name is not None:
+            out[lay["layer"]] = name
+    return out
+
+
+def _packed_weight(algo: str, option, spec: ConvSpec, weight: np.ndarray) -> np.ndarray:
+    if algo == "direct":
+        return weight
+    from edgec.lower import im2col, im2win, winograd
+
+    module = {"im2col": im2col, "im2win": im2win, "winograd": winograd}[algo]
+    return module.relax_parts(spec, weight, option)[0]
+
+
+def _score(search, name: str) -> float | None:
+    w = getattr(search, "by_kernel", {}).get(name) if search is not None else None
+    if w is None:
+        return None
+    ms = w.score(w.best or w.task.default)
+    return round(ms, 4) if math.isfinite(ms) else None
