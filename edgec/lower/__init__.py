@@ -168,6 +168,8 @@ def build(
     schedule: bool = True,
     choose: Callable | None = None,
     tune: Callable | None = None,
+    integer_only: bool = False,
+    quant: dict | None = None,
 ):
     """Compile to a Relax executable for ``target``; returns it and one record per kernel.
 
@@ -185,9 +187,10 @@ def build(
     from tvm.relax import transform
     from tvm.s_tir import dlight
 
-    from edgec.lower import schedules
+    from edgec.lower import qdq, schedules
 
     mod = to_relax(model)
+    mod = qdq.lower(mod, integer_only, quant)
     tgt = tvm.target.Target(target_json(target, threads))
     records: list[dict] = []
     with tgt:
