@@ -106,6 +106,7 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
     search: str = "none",
     search_budget_s: float | None = None,
     tuning_db: str | os.PathLike | None = None,
+    integer_only: bool = False,
     log: Log = _quiet,
 ) -> CompileResult:
     """Compile an ONNX model into a deployable artifact directory ``output``.
@@ -113,6 +114,10 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
     ``search`` picks each kernel's schedule knobs: ``none`` (the templates' defaults), ``fast``
     (latency-measured on this machine within ``search_budget_s``, 120 s by default) or ``full``
     (every candidate); results are cached in ``tuning_db`` (see ``edgec.search``).
+
+    A QDQ model (quantize/dequantize ops) is lowered to integer kernels (precision ``int8``;
+    report ``int8`` and ``float_ops``); ``integer_only`` makes any float op left between input
+    quantize and output dequantize an error (FloatOpsError, exit code 1).
 
     Raises InvalidInputError (bad input), UnsupportedModelError (ops TVM cannot lower) or
     VerificationError (results differ from onnxruntime beyond ``tolerance``); in every error case
@@ -125,7 +130,7 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
     threads = threads or default_threads()
     precision = "fp32"
     tuner, search_report = _tuner(tgt, search, search_budget_s, tuning_db, threads, log)
-    tolerance = verify.TOLERANCE[precision] if tolerance is None else tolerance
+    given_tolerance = tolerance
     step = _Steps(log)
 
     from edgec import lower
@@ -137,7 +142,15 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
     with step("passes", f"passes ({', '.join(p.name for p in pipeline) or 'none'})"):
         optimized, pass_reports = passes.run_pipeline(imported.model, pipeline, seed=seed)
     with step("build", f"build for {tgt.name}" + (f" (search {search})" if tuner else "")):
-        executable, kernels = lower.build(optimized, tgt, threads, tune=tuner)
+        quant: dict = {}
+        executable, kernels = lower.build(
+            optimized, tgt, threads, tune=tuner, integer_only=integer_only, quant=quant
+        )
+    if quant:
+        precision = "int8"
+        log(f"int8: {quant['integer_ops']} quantized op(s) lowered to integer kernels, "
+            f"{len(quant['float_ops'])} float op(s) left between quantize and dequantize")  # fmt: skip
+    tolerance = verify.TOLERANCE[precision] if given_tolerance is None else given_tolerance
     if tuner is not None:
         search_report = tuner.summary()
         tuner.annotate(kernels)
@@ -177,6 +190,9 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
             "kernels": kernels,
             "search": search_report,
         }
+        if quant:
+            report["int8"] = quant
+            report["float_ops"] = quant["float_ops"]
         runnable = tgt.runs_here and lower.host_can_run(tgt)
         if verify_result and not runnable:
             report["verification"] = {"skipped": f"target {tgt.name} cannot run on this machine"}

@@ -123,11 +123,17 @@ def _pass_options(f):
     help="Tuning cache [$EDGEC_TUNING_DB, else $XDG_CACHE_HOME/edgec/tuning.db, "
     "else ~/.cache/edgec/tuning.db].",
 )
+@click.option(
+    "--integer-only",
+    is_flag=True,
+    help="QDQ models: fail (exit 1) if any float op is left between the input quantize and the "
+    "output dequantize.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print report.json on stdout.")
 @click.pass_obj
 def compile(obj: _Context, model, output, target, input_shapes, force, skip_pass, only_pass,
             no_verify, verify_input, tolerance, threads, no_bench, bench_runs, bench_budget,
-            seed, search, budget, tuning_db, as_json) -> None:  # fmt: skip
+            seed, search, budget, tuning_db, integer_only, as_json) -> None:  # fmt: skip
     """Compile MODEL.onnx into a deployable artifact directory OUT/.
 
     With --search fast|full, each kernel's schedule is chosen by timing its candidates on this
@@ -143,7 +149,7 @@ def compile(obj: _Context, model, output, target, input_shapes, force, skip_pass
             verify_result=not no_verify, verify_inputs=_load_inputs(verify_input) or None,
             tolerance=tolerance, threads=threads, bench=not no_bench, bench_runs=bench_runs,
             bench_budget_s=bench_budget, seed=seed, search=search, search_budget_s=budget,
-            tuning_db=tuning_db, log=obj.log,
+            tuning_db=tuning_db, integer_only=integer_only, log=obj.log,
         )  # fmt: skip
     except VerificationError as e:
         if as_json and e.report:
