@@ -398,7 +398,13 @@ def _tile_loops(sch: s_tir.Schedule, spatial: list, extents: tuple[int, ...]) ->
     return [next(it) if extent > 1 else None for extent in extents]
 
 
-TEMPLATES: tuple = (Conv2d(), Matmul(), Generic())
+def _templates() -> tuple:
+    from edgec.lower import int8  # int8 templates first: they decline anything not u8 x s8
+
+    return (*int8.TEMPLATES, Conv2d(), Matmul(), Generic())
+
+
+TEMPLATES: tuple = ()  # filled below (int8 imports this module's helpers)
 
 
 def constant_params(mod) -> dict[str, set[int]]:
@@ -466,3 +472,6 @@ def apply_all(
             break
         records.append(record)
     return mod, records
+
+
+TEMPLATES = _templates()

@@ -140,7 +140,8 @@ def test_conv_bit_exact(case, act, tmp_path):
     np.testing.assert_array_equal(got, want)
     assert quant["integer_op_kinds"] == {"nn.conv2d": 1} and quant["float_ops"] == []
     conv = [r for r in records if "conv2d" in r["kernel"]]
-    assert conv and conv[0]["template"] is not None  # scheduled, not a naive loop
+    assert conv and conv[0]["template"] is not None, conv  # scheduled, not a naive loop
+    print(conv[0]["template"], conv[0].get("knobs"), conv[0].get("declined"))
     # not trivially saturated: the test exercises the requantization
     assert len(np.unique(got)) > 20
 
