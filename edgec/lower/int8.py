@@ -27,8 +27,8 @@ from tvm import s_tir, tirx
 from edgec.lower import schedules
 from edgec.lower.schedules import Decline, Knobs
 
-FB = 16  # output channels per micro-kernel (int32 lanes of a zmm / two ymm)
-CB = 4  # input channels per 32-bit group
+# micro-kernel per instruction set: output channels (int32 lanes) x input channels per step
+MICRO = {"vnni": (16, 4), "avx2": (8, 2)}
 
 
 def _isa() -> str | None:
@@ -64,11 +64,12 @@ class Int8Conv2d:
         channels = int(data.shape[1])
         if info["cin_per_group"] != channels:
             raise Decline("grouped convolution")
-        if channels % CB or info["f"] % FB:
-            raise Decline(f"C={channels} not a multiple of {CB} or F={info['f']} of {FB}")
         isa = _isa()
         if isa is None:
             raise Decline("no x86 AVX2/VNNI target")
+        fb, cb = MICRO[isa]
+        if channels % cb or info["f"] % fb:
+            raise Decline(f"C={channels} not a multiple of {cb} or F={info['f']} of {fb}")
         info.update(isa=isa, cin=channels)
         return info
 
@@ -89,6 +90,7 @@ class Int8Conv2d:
         if info["weight_param"] not in info.get("constants", ()):
             raise Decline("the weight is not a constant (cannot be packed)")
         xb = knobs["xb"]
+        FB, CB = MICRO[info["isa"]]  # noqa: N806
         func = func.with_attr("layout_free_buffers", [info["weight_param"]])
         sch = s_tir.Schedule(func)
         blocks = schedules._blocks(sch)
@@ -153,22 +155,26 @@ def _vector_index(region, lanes: int) -> list:
 
 
 def _replace_body(sch: s_tir.Schedule, block, isa: str) -> None:
-    """The blockized 16x4 update as one dot-product step on vectors."""
+    """The blockized FB x CB update as one dot-product step on vectors."""
+    FB, CB = MICRO[isa]  # noqa: N806
     stmt = sch.get(block)
     acc_buf = stmt.writes[0].source
     x_buf = next(r.source for r in stmt.reads if str(r.source.dtype) == "uint8")
     w_buf = next(r.source for r in stmt.reads if str(r.source.dtype) == "int8")
     acc_idx = _vector_index(_region(stmt, acc_buf), FB)
-    x = tirx.BufferLoad(x_buf, _vector_index(_region(stmt, x_buf), CB))  # uint8x4
-    w = tirx.BufferLoad(w_buf, _vector_index(_region(stmt, w_buf), FB * CB))  # int8x64
+    x = tirx.BufferLoad(x_buf, _vector_index(_region(stmt, x_buf), CB))  # uint8 x CB
+    w = tirx.BufferLoad(w_buf, _vector_index(_region(stmt, w_buf), FB * CB))  # int8 x FB*CB
     acc = tirx.BufferLoad(acc_buf, acc_idx)
     if isa == "vnni":
         # LLVM 22's signature: (<16 x i32> acc, <64 x i8> u8 data, <64 x i8> s8 data)
         a = tirx.reinterpret(f"int8x{FB * CB}", tirx.Broadcast(tirx.reinterpret("int32", x), FB))
         b = w
         value = tirx.call_llvm_pure_intrin(f"int32x{FB}", "llvm.x86.avx512.vpdpbusd.512", acc, a, b)
-    else:
-        raise Decline(f"no micro-kernel for {isa}")
+    else:  # avx2: u8 pairs and s8 weights widened to int16, vpmaddwd (exact, no saturation)
+        pair = tirx.reinterpret("int32", tirx.Cast(f"int16x{CB}", x))
+        a = tirx.reinterpret(f"int16x{FB * CB}", tirx.Broadcast(pair, FB))
+        b = tirx.Cast(f"int16x{FB * CB}", w)
+        value = acc + tirx.call_llvm_pure_intrin(f"int32x{FB}", "llvm.x86.avx2.pmadd.wd", a, b)
     body = tirx.BufferStore(acc_buf, value, acc_idx)
     new = s_tir.SBlock(stmt.iter_vars, stmt.reads, stmt.writes, stmt.name_hint, body, stmt.init,
                        stmt.alloc_buffers, stmt.match_buffers, stmt.annotations)  # fmt: skip

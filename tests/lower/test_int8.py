@@ -31,8 +31,8 @@ def _rng(*salt) -> np.random.Generator:
 
 
 @functools.cache
-def _target() -> targets.Target:
-    return targets.get("x86_64")
+def _target(name: str = "x86_64") -> targets.Target:
+    return targets.get(name)
 
 
 def _model(nodes, inputs, outputs, inits) -> onnx.ModelProto:
@@ -45,12 +45,12 @@ def _model(nodes, inputs, outputs, inits) -> onnx.ModelProto:
     return model
 
 
-def run_int(model: onnx.ModelProto, feeds: list[np.ndarray], tmp_path: Path):
+def run_int(model: onnx.ModelProto, feeds: list[np.ndarray], tmp_path: Path, target="x86_64"):
     """Compile with integer_only (so nothing float is left), run; returns (output, quant, records)."""
     quant: dict = {}
-    ex, records = lower.build(model, _target(), THREADS, integer_only=True, quant=quant)
+    ex, records = lower.build(model, _target(target), THREADS, integer_only=True, quant=quant)
     path = tmp_path / "model.so"
-    lower.export(ex, path, _target())
+    lower.export(ex, path, _target(target))
     return lower.Runtime(path, THREADS).run(feeds)[0], quant, records
 
 
@@ -98,9 +98,18 @@ CONVS = [  # c, f, k, stride, pad, groups, hw
 ]
 
 
+def _int8_template() -> str:
+    """The template the x86_64 target (this CPU) uses for dense int8 convolutions."""
+    from edgec.lower import int8
+
+    with __import__("tvm").target.Target(lower.target_json(_target(), 1)):
+        isa = int8._isa()
+    return "int8_conv2d" if isa else "conv2d"
+
+
 @pytest.mark.parametrize("act", ["uint8", "int8"])
 @pytest.mark.parametrize("case", CONVS, ids=lambda c: "c{}f{}k{}s{}p{}g{}".format(*c[:6]))
-def test_conv_bit_exact(case, act, tmp_path):
+def test_conv_bit_exact(case, act, tmp_path, target="x86_64"):
     c, f, k, stride, pad, groups, hw = case
     rng = _rng("conv", case, act)
     x = _act(rng, (1, c, hw, hw), act)
@@ -132,7 +141,7 @@ def test_conv_bit_exact(case, act, tmp_path):
             "so": np.array(so, np.float32), "zo": np.array(zo, act),
         },
     )  # fmt: skip
-    got, quant, records = run_int(model, [x], tmp_path)
+    got, quant, records = run_int(model, [x], tmp_path, target)
     # the same arithmetic in numpy: real multiplier sx * sw / so per output channel
     mult = (np.float64(np.float32(sx)) * sw.astype(np.float64) / np.float64(np.float32(so)))
     want = qdq.requantize_ref([(acc, mult.reshape(1, -1, 1, 1))], zo, act)
@@ -140,10 +149,18 @@ def test_conv_bit_exact(case, act, tmp_path):
     np.testing.assert_array_equal(got, want)
     assert quant["integer_op_kinds"] == {"nn.conv2d": 1} and quant["float_ops"] == []
     conv = [r for r in records if "conv2d" in r["kernel"]]
-    assert conv and conv[0]["template"] is not None, conv  # scheduled, not a naive loop
-    print(conv[0]["template"], conv[0].get("knobs"), conv[0].get("declined"))
+    dense = groups == 1 and c % 4 == 0 and f % 16 == 0
+    assert conv[0]["template"] == (_int8_template() if dense else "conv2d"), conv
     # not trivially saturated: the test exercises the requantization
     assert len(np.unique(got)) > 20
+
+
+@pytest.mark.parametrize("act", ["uint8", "int8"])
+@pytest.mark.parametrize("case", [CONVS[0], CONVS[1], CONVS[3]], ids=["k3s1", "k3s2", "k1s2"])
+def test_conv_avx2_bit_exact(case, act, tmp_path, monkeypatch):
+    """The x86_64-avx2 target: the vpmaddwd micro-kernel (this CPU runs AVX2 code)."""
+    monkeypatch.setattr(__name__ + "._int8_template", lambda: "int8_conv2d")
+    test_conv_bit_exact(case, act, tmp_path, target="x86_64-avx2")
 
 
 MATMULS = [(1, 64, 10, "gemm"), (7, 96, 48, "gemm"), (16, 32, 64, "matmul"), (5, 30, 17, "matmul")]
