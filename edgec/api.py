@@ -119,6 +119,7 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
     ndk: str | os.PathLike | None = None,
     bundle: bool = True,
     conv_algo: str = "auto",
+    integer_only: bool = False,
     log: Log = _quiet,
 ) -> CompileResult:
     """Compile an ONNX model into a deployable artifact directory ``output``.
@@ -138,6 +139,10 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
     that bundle under qemu-user (correctness only); CUDA code is compiled to cubin with nvcc.
     ``ndk`` is the Android NDK for ``android-arm64`` (else $ANDROID_NDK_HOME).
 
+    A QDQ model (quantize/dequantize ops) is lowered to integer kernels (precision ``int8``;
+    report ``int8`` and ``float_ops``); ``integer_only`` makes any float op left between input
+    quantize and output dequantize an error (FloatOpsError, exit code 1).
+
     Raises InvalidInputError (bad input), UnsupportedModelError (ops TVM cannot lower) or
     VerificationError (results differ from onnxruntime beyond ``tolerance``); in every error case
     ``output`` is left untouched.
@@ -155,7 +160,7 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
 
     conv_algos.check_choice(conv_algo)
     tuner, search_report = _tuner(tgt, search, search_budget_s, tuning_db, threads, log)
-    tolerance = verify.TOLERANCE[precision] if tolerance is None else tolerance
+    given_tolerance = tolerance
     step = _Steps(log)
 
     from edgec import lower
@@ -168,9 +173,16 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
         optimized, pass_reports = passes.run_pipeline(imported.model, pipeline, seed=seed)
     with step("build", f"build for {tgt.name}" + (f" (search {search})" if tuner else "")):
         plans: list = []
+        quant: dict = {}
         executable, kernels = lower.build(
-            optimized, tgt, threads, tune=tuner, conv_algo=conv_algo, conv_plan=plans
-        )
+            optimized, tgt, threads, tune=tuner, conv_algo=conv_algo, conv_plan=plans,
+            integer_only=integer_only, quant=quant,
+        )  # fmt: skip
+    if quant:
+        precision = "int8"
+        log(f"int8: {quant['integer_ops']} quantized op(s) lowered to integer kernels, "
+            f"{len(quant['float_ops'])} float op(s) left between quantize and dequantize")  # fmt: skip
+    tolerance = verify.TOLERANCE[precision] if given_tolerance is None else given_tolerance
     if tuner is not None:
         search_report = tuner.summary()
         tuner.annotate(kernels)
@@ -218,6 +230,9 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
             "search": search_report,
             "conv_algos": plans[0].summary() if plans else {"conv_algo": conv_algo},
         }
+        if quant:
+            report["int8"] = quant
+            report["float_ops"] = quant["float_ops"]
         foreign = verify_result and not runnable
         if foreign and emulator and bundle_section and "files" in bundle_section:
             what = f"verify under {tgt.emulator} against onnxruntime (emulated: correctness only)"

@@ -193,6 +193,12 @@ def _pass_options(f):
     "chosen per conv layer by the search's measured latency (direct with --search none).",
 )
 @click.option(
+    "--integer-only",
+    is_flag=True,
+    help="QDQ models: fail (exit 1) if any float op is left between the input quantize and the "
+    "output dequantize.",
+)
+@click.option(
     "--ndk",
     type=click.Path(file_okay=False),
     default=None,
@@ -210,8 +216,8 @@ def _pass_options(f):
 @click.pass_obj
 def compile(obj: _Context, model, output, target, input_shapes, force, skip_pass, only_pass,
             no_verify, verify_input, tolerance, threads, no_bench, bench_runs, bench_budget,
-            seed, search, budget, tuning_db, conv_algo, ndk, no_bundle, no_html, as_json,
-            **gate_options) -> None:  # fmt: skip
+            seed, search, budget, tuning_db, conv_algo, integer_only, ndk, no_bundle, no_html,
+            as_json, **gate_options) -> None:  # fmt: skip
     """Compile MODEL.onnx into a deployable artifact directory OUT/.
 
     With --search fast|full, each kernel's schedule is chosen by timing its candidates on this
@@ -234,8 +240,8 @@ def compile(obj: _Context, model, output, target, input_shapes, force, skip_pass
                 verify_inputs=_load_inputs(verify_input) or None, tolerance=tolerance,
                 threads=threads, bench=not no_bench, bench_runs=bench_runs,
                 bench_budget_s=bench_budget, seed=seed, search=search, search_budget_s=budget,
-                tuning_db=tuning_db, conv_algo=conv_algo, ndk=ndk, bundle=not no_bundle,
-                gates=gates, html_report=not no_html, log=obj.log,
+                tuning_db=tuning_db, conv_algo=conv_algo, integer_only=integer_only, ndk=ndk,
+                bundle=not no_bundle, gates=gates, html_report=not no_html, log=obj.log,
             )  # fmt: skip
     except VerificationError as e:
         if as_json and e.report:

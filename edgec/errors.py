@@ -51,3 +51,13 @@ class GateError(EdgecError):
     def __init__(self, message: str, report: dict | None = None):
         super().__init__(message)
         self.report = report
+
+
+class FloatOpsError(EdgecError):
+    """``--integer-only``: float ops remain between the input quantize and output dequantize."""
+
+    exit_code = ExitCode.FAILED
+
+    def __init__(self, message: str, ops: list[dict] | None = None):
+        super().__init__(message)
+        self.ops = ops or []

@@ -175,6 +175,8 @@ def build(
     tune: Callable | None = None,
     conv_algo: str = "auto",
     conv_plan: list | None = None,
+    integer_only: bool = False,
+    quant: dict | None = None,
 ):
     """Compile to a Relax executable for ``target``; returns it and one record per kernel.
 
@@ -196,9 +198,10 @@ def build(
     from tvm.relax import transform
     from tvm.s_tir import dlight
 
-    from edgec.lower import schedules
+    from edgec.lower import qdq, schedules
 
     mod = to_relax(model)
+    mod = qdq.lower(mod, integer_only, quant)
     tgt = tvm.target.Target(target_json(target, threads))
     if target.device != "cpu":  # GPU: dlight's default schedules (edgec.lower.gpu)
         from edgec.lower import gpu

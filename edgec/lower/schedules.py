@@ -402,12 +402,17 @@ def _tile_loops(sch: s_tir.Schedule, spatial: list, extents: tuple[int, ...]) ->
     return [next(it) if extent > 1 else None for extent in extents]
 
 
-# convolution algorithms other than direct (edgec.lower.conv_algos): matched by block name, so
-# they go first (Conv2d would also match an im2win/im2col reduction)
-from edgec.lower import im2col, im2win, winograd  # noqa: E402
+def _templates() -> tuple:
+    # int8 templates first: they decline anything not u8 x s8. Then the convolution algorithms
+    # other than direct (edgec.lower.conv_algos), matched by block name: Conv2d would also match
+    # an im2win/im2col reduction.
+    from edgec.lower import im2col, im2win, int8, winograd
 
-TEMPLATES: tuple = (im2win.TEMPLATE, im2col.TEMPLATE, winograd.TEMPLATE, Conv2d(), Matmul(),
-                    Generic())  # fmt: skip
+    return (*int8.TEMPLATES, im2win.TEMPLATE, im2col.TEMPLATE, winograd.TEMPLATE, Conv2d(),
+            Matmul(), Generic())  # fmt: skip
+
+
+TEMPLATES: tuple = ()  # filled at the end of this module (the templates import its helpers)
 
 
 def constant_params(mod) -> dict[str, set[int]]:
@@ -476,3 +481,6 @@ def apply_all(
             break
         records.append(record)
     return mod, records
+
+
+TEMPLATES = _templates()

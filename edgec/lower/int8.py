@@ -1,0 +1,184 @@
+"""int8 schedule templates: uint8 x int8 -> int32 convolutions and matmuls on x86 dot-product
+instructions, for the integer kernels of ``edgec.lower.qdq``.
+
+The anchor computes ``acc[f] += u8(x[c]) * s8(w[f, c])`` (``qdq`` moves int8 activations to
+uint8 with +128 and folds ``-zx * sum(w)`` into the bias, so every product is u8 x s8). The
+template re-lays the operands out for a micro-kernel of 16 output channels x 4 input channels:
+
+* weights packed at compile time to ``[F/16, C/4, KH, KW, 16*4]`` (``layout_rewrite_preproc``);
+* the input (padding, zero point and the +128 shift inlined) copied per call to
+  ``[N, C/4, H, W, 4]`` so the 4 channels of a pixel are one 32-bit word;
+* the accumulator tile as ``[.., 16]`` (16 int32 lanes), ``xb`` output columns kept in registers.
+
+The 16x4 step is one instruction, written as ``T.call_llvm_pure_intrin`` into the block body
+(``tensorize`` crashes in TVM 0.27): the update block over (16 channels x 4) is blockized and its
+body replaced by the intrinsic on vector loads taken from the block's own read/write regions.
+
+* ``vnni`` (AVX512-VNNI): ``vpdpbusd`` zmm: 16 x (4 u8 x s8 products summed) into int32, exact.
+* ``avx2``: no VNNI, so ``vpmaddubsw`` would be next, but it saturates int16 (255 * 127 * 2 >
+  32767), so this path widens both operands to int16 (u8 zero-extended, s8 sign-extended) and uses
+  ``vpmaddwd`` (int16 pairs -> int32, exact) twice per 16x4 step: exact for all 8-bit weights.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+
+from edgec.lower import schedules
+from edgec.lower.schedules import Decline, Knobs
+
+# micro-kernel per instruction set: output channels (int32 lanes) x input channels per step
+MICRO = {"vnni": (16, 4), "avx2": (8, 2)}
+
+
+def _isa() -> str | None:
+    """The dot-product instruction set of the current target (inside ``with target``)."""
+    import tvm
+    import tvm_ffi
+
+    tgt = tvm.target.Target.current(allow_none=True)
+    if tgt is None or str(tgt.kind.name) != "llvm" or "x86_64" not in str(tgt.attrs.get("mtriple", "")):
+        return None
+    has = tvm_ffi.get_global_func("target.llvm_cpu_has_feature")
+    if has("avx512vnni", tgt) and has("avx512bw", tgt):
+        return "vnni"
+    if has("avx2", tgt):
+        return "avx2"
+    return None
+
+
+class Int8Conv2d:
+    """Dense (groups = 1) u8 x s8 -> s32 NCHW convolutions with C % 4 == 0 and F % 16 == 0."""
+
+    name = "int8_conv2d"
+
+    def match(self, func: tirx.PrimFunc) -> dict:
+        info = schedules.Conv2d().match(func)
+        sch = s_tir.Schedule(func)
+        conv = schedules._blocks(sch)[info["anchor"]]
+        data, weight = conv["reads"]
+        if (str(data.dtype), str(weight.dtype), str(conv["writes"].dtype)) != (
+            "uint8", "int8", "int32",
+        ):  # fmt: skip
+            raise Decline("not a u8 x s8 -> s32 convolution")
+        channels = int(data.shape[1])
+        if info["cin_per_group"] != channels:
+            raise Decline("grouped convolution")
+        isa = _isa()
+        if isa is None:
+            raise Decline("no x86 AVX2/VNNI target")
+        fb, cb = MICRO[isa]
+        if channels % cb or info["f"] % fb:
+            raise Decline(f"C={channels} not a multiple of {cb} or F={info['f']} of {fb}")
+        info.update(isa=isa, cin=channels)
+        return info
+
+    def space(self, info: dict, lanes: int) -> list[Knobs]:
+        xbs = sorted({min(info["w"], x) for x in (4, 7, 8, 14, 16) if info["w"] % x == 0})
+        return list(
+            {
+                schedules_key(k): k
+                for k in [self.default(info, lanes)] + [{"xb": xb} for xb in xbs]
+            }.values()
+        )
+
+    def default(self, info: dict, lanes: int) -> Knobs:
+        xb = next((x for x in range(16, 3, -1) if info["w"] % x == 0), 8)
+        return {"xb": min(xb, info["w"])}
+
+    def apply(self, func: tirx.PrimFunc, info: dict, knobs: Knobs) -> tirx.PrimFunc:
+        if info["weight_param"] not in info.get("constants", ()):
+            raise Decline("the weight is not a constant (cannot be packed)")
+        xb = knobs["xb"]
+        FB, CB = MICRO[info["isa"]]  # noqa: N806
+        func = func.with_attr("layout_free_buffers", [info["weight_param"]])
+        sch = s_tir.Schedule(func)
+        blocks = schedules._blocks(sch)
+        conv = blocks[info["anchor"]]["block"]
+        # input: padding and shifts inlined into one copy, channel groups of 4 innermost
+        xcache = sch.cache_read(conv, 0, "global")
+        for b in blocks[: info["anchor"]]:
+            sch.compute_inline(b["block"])
+        sch.transform_layout(xcache, ("write", 0),
+                             lambda n, c, h, w: (n, c // CB, h, w, c % CB))  # fmt: skip
+        # weights: [F/16, C/4, KH, KW, 16 * 4], packed at compile time
+        wcache = sch.cache_read(conv, 1, "global")
+        sch.transform_layout(
+            wcache, ("write", 0),
+            lambda f, c, u, v: (f // FB, c // CB, u, v, (f % FB) * CB + c % CB),
+        )  # fmt: skip
+        sch.annotate(wcache, "meta_schedule.layout_rewrite_preproc", True)
+        if info["anchor"] == len(blocks) - 1:
+            out = sch.cache_write(conv, 0, "global")
+        else:
+            out = schedules._inline_epilogue(sch, blocks, info["anchor"])["block"]
+        sch.transform_layout(conv, ("write", 0),
+                             lambda n, f, h, w: (n, f // FB, h, w, f % FB))  # fmt: skip
+        n, f, y, x = sch.get_loops(out)
+        fo, fi = sch.split(f, [None, FB])
+        xo, xi = sch.split(x, [None, xb])
+        sch.reorder(n, fo, y, xo, xi, fi)
+        sch.compute_at(conv, xo)
+        inner = schedules._loops_below(sch, conv, xo)
+        tiled = sum(e > 1 for e in (FB, xb))
+        cf, cx = schedules._tile_loops(sch, inner[:tiled], (FB, xb))
+        reduction = inner[tiled:]
+        if not reduction or int(sch.get(reduction[0]).extent) != info["cin"]:
+            raise Decline("unexpected reduction loops")
+        co, ci = sch.split(reduction[0], [None, CB])
+        sch.reorder(co, *reduction[1:], *(lp for lp in (cx,) if lp is not None), cf, ci)
+        sch.vectorize(fi)
+        schedules._parallel_outer(sch, [n, fo, y])
+        schedules._parallel_outer(sch, sch.get_loops(xcache)[:-1])
+        init = sch.decompose_reduction(conv, co)
+        update = sch.blockize(cf)
+        if cx is not None:
+            sch.unroll(cx)
+        sch.vectorize(sch.get_loops(init)[-1])
+        _replace_body(sch, update, info["isa"])
+        return sch.mod["main"]
+
+
+def schedules_key(knobs: Knobs) -> tuple:
+    return tuple(sorted(knobs.items()))
+
+
+def _region(stmt, buffer):
+    for r in list(stmt.reads) + list(stmt.writes):
+        if r.source.same_as(buffer):
+            return r.region
+    raise Decline(f"no region of {buffer.name}")
+
+
+def _vector_index(region, lanes: int) -> list:
+    return [r.min for r in region[:-1]] + [tirx.Ramp(region[-1].min, 1, lanes)]
+
+
+def _replace_body(sch: s_tir.Schedule, block, isa: str) -> None:
+    """The blockized FB x CB update as one dot-product step on vectors."""
+    FB, CB = MICRO[isa]  # noqa: N806
+    stmt = sch.get(block)
+    acc_buf = stmt.writes[0].source
+    x_buf = next(r.source for r in stmt.reads if str(r.source.dtype) == "uint8")
+    w_buf = next(r.source for r in stmt.reads if str(r.source.dtype) == "int8")
+    acc_idx = _vector_index(_region(stmt, acc_buf), FB)
+    x = tirx.BufferLoad(x_buf, _vector_index(_region(stmt, x_buf), CB))  # uint8 x CB
+    w = tirx.BufferLoad(w_buf, _vector_index(_region(stmt, w_buf), FB * CB))  # int8 x FB*CB
+    acc = tirx.BufferLoad(acc_buf, acc_idx)
+    if isa == "vnni":
+        # LLVM 22's signature: (<16 x i32> acc, <64 x i8> u8 data, <64 x i8> s8 data)
+        a = tirx.reinterpret(f"int8x{FB * CB}", tirx.Broadcast(tirx.reinterpret("int32", x), FB))
+        b = w
+        value = tirx.call_llvm_pure_intrin(f"int32x{FB}", "llvm.x86.avx512.vpdpbusd.512", acc, a, b)
+    else:  # avx2: u8 pairs and s8 weights widened to int16, vpmaddwd (exact, no saturation)
+        pair = tirx.reinterpret("int32", tirx.Cast(f"int16x{CB}", x))
+        a = tirx.reinterpret(f"int16x{FB * CB}", tirx.Broadcast(pair, FB))
+        b = tirx.Cast(f"int16x{FB * CB}", w)
+        value = acc + tirx.call_llvm_pure_intrin(f"int32x{FB}", "llvm.x86.avx2.pmadd.wd", a, b)
+    body = tirx.BufferStore(acc_buf, value, acc_idx)
+    new = s_tir.SBlock(stmt.iter_vars, stmt.reads, stmt.writes, stmt.name_hint, body, stmt.init,
+                       stmt.alloc_buffers, stmt.match_buffers, stmt.annotations)  # fmt: skip
+    sch.state.replace(sch.get_sref(block), new, {stmt: new})
+
+
+TEMPLATES: tuple = (Int8Conv2d(),)

@@ -1,0 +1,308 @@
+"""Integer kernels from QDQ graphs, bit-exact against a numpy integer reference.
+
+Each case is a one-op QDQ ONNX model whose input is already quantized (uint8/int8) and whose
+output is the QuantizeLinear result, so the compiled model is integer end to end. The numpy
+reference does the same arithmetic: int64 convolution/matmul of ``x - zx`` with int8 weights,
+the int32 bias, and the dyadic requantization of ``edgec.lower.qdq`` (``requantize_ref``).
+"""
+
+from __future__ import annotations
+
+import functools
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edgec import lower, targets
+from edgec.errors import FloatOpsError
+from edgec.lower import qdq
+from tests.conftest import RNG_SEED
+
+THREADS = 2
+NP2ONNX = {"uint8": TensorProto.UINT8, "int8": TensorProto.INT8}
+
+
+def _rng(*salt) -> np.random.Generator:
+    return np.random.default_rng([RNG_SEED, *(hash(str(s)) % 2**31 for s in salt)])
+
+
+@functools.cache
+def _target(name: str = "x86_64") -> targets.Target:
+    return targets.get(name)
+
+
+def _model(nodes, inputs, outputs, inits) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        nodes, "q", inputs, outputs, [numpy_helper.from_array(v, k) for k, v in inits.items()]
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def run_int(model: onnx.ModelProto, feeds: list[np.ndarray], tmp_path: Path, target="x86_64"):
+    """Compile with integer_only (so nothing float is left), run; returns (output, quant, records)."""
+    quant: dict = {}
+    ex, records = lower.build(model, _target(target), THREADS, integer_only=True, quant=quant)
+    path = tmp_path / "model.so"
+    lower.export(ex, path, _target(target))
+    return lower.Runtime(path, THREADS).run(feeds)[0], quant, records
+
+
+def _act(rng, shape, dtype):
+    lo, hi = qdq.QRANGE[dtype]
+    return rng.integers(lo, hi + 1, shape).astype(dtype)
+
+
+def _out_params(real: np.ndarray, dtype: str) -> tuple[float, int]:
+    """Output scale/zero point covering ``real`` (asymmetric uint8 / symmetric int8)."""
+    if dtype == "uint8":
+        lo, hi = min(real.min(), 0.0), max(real.max(), 0.0)
+        scale = (hi - lo) / 255 or 1.0
+        return float(scale), int(np.clip(round(-lo / scale), 0, 255))
+    return float(np.abs(real).max() / 127 or 1.0), 0
+
+
+def _conv_ref(x, zx, w, stride, pad, groups):
+    """int64 NCHW convolution of (x - zx) with w; padding is real zero."""
+    xc = np.pad(x.astype(np.int64) - zx, [(0, 0), (0, 0), (pad, pad), (pad, pad)])
+    n, c, h, wd = xc.shape
+    f, cg, kh, kw = w.shape
+    oh, ow = (h - kh) // stride + 1, (wd - kw) // stride + 1
+    out = np.zeros((n, f, oh, ow), np.int64)
+    fg = f // groups
+    for g in range(groups):
+        xs = xc[:, g * cg : (g + 1) * cg]
+        for u in range(kh):
+            for v in range(kw):
+                patch = xs[:, :, u : u + stride * oh : stride, v : v + stride * ow : stride]
+                wg = w[g * fg : (g + 1) * fg, :, u, v].astype(np.int64)
+                out[:, g * fg : (g + 1) * fg] += np.einsum("nchw,fc->nfhw", patch, wg)
+    return out
+
+
+CONVS = [  # c, f, k, stride, pad, groups, hw
+    (16, 32, 3, 1, 1, 1, 10),
+    (16, 32, 3, 2, 1, 1, 11),
+    (24, 48, 1, 1, 0, 1, 7),
+    (8, 16, 1, 2, 0, 1, 8),
+    (32, 32, 3, 1, 1, 32, 9),  # depthwise
+    (32, 32, 3, 2, 1, 32, 10),
+    (3, 16, 3, 2, 1, 1, 12),  # stem-like: 3 input channels
+    (64, 16, 3, 1, 0, 1, 6),
+]
+
+
+def _int8_template() -> str:
+    """The template the x86_64 target (this CPU) uses for dense int8 convolutions."""
+    from edgec.lower import int8
+
+    with __import__("tvm").target.Target(lower.target_json(_target(), 1)):
+        isa = int8._isa()
+    return "int8_conv2d" if isa else "conv2d"
+
+
+@pytest.mark.parametrize("act", ["uint8", "int8"])
+@pytest.mark.parametrize("case", CONVS, ids=lambda c: "c{}f{}k{}s{}p{}g{}".format(*c[:6]))
+def test_conv_bit_exact(case, act, tmp_path, target="x86_64"):
+    c, f, k, stride, pad, groups, hw = case
+    rng = _rng("conv", case, act)
+    x = _act(rng, (1, c, hw, hw), act)
+    zx = int(rng.integers(90, 160)) if act == "uint8" else int(rng.integers(-20, 20))
+    sx = 0.02
+    w = rng.integers(-127, 128, (f, c // groups, k, k)).astype(np.int8)
+    sw = rng.uniform(0.001, 0.02, f).astype(np.float32)  # per output channel
+    bscale = (np.float32(sx) * sw).astype(np.float32)
+    b = rng.integers(-5000, 5000, f).astype(np.int32)
+    acc = _conv_ref(x, zx, w, stride, pad, groups) + b.reshape(1, -1, 1, 1)
+    real = acc * (sx * sw.astype(np.float64)).reshape(1, -1, 1, 1)
+    so, zo = _out_params(real, act)
+    nodes = [
+        helper.make_node("DequantizeLinear", ["x", "sx", "zx"], ["xf"]),
+        helper.make_node("DequantizeLinear", ["w", "sw", "zw"], ["wf"], axis=0),
+        helper.make_node("DequantizeLinear", ["b", "bs", "bz"], ["bf"], axis=0),
+        helper.make_node("Conv", ["xf", "wf", "bf"], ["yf"], pads=[pad] * 4,
+                         strides=[stride] * 2, group=groups),  # fmt: skip
+        helper.make_node("QuantizeLinear", ["yf", "so", "zo"], ["y"]),
+    ]
+    oshape = list(acc.shape)
+    model = _model(
+        nodes,
+        [helper.make_tensor_value_info("x", NP2ONNX[act], list(x.shape))],
+        [helper.make_tensor_value_info("y", NP2ONNX[act], oshape)],
+        {
+            "sx": np.array(sx, np.float32), "zx": np.array(zx, act), "w": w, "sw": sw,
+            "zw": np.zeros(f, np.int8), "b": b, "bs": bscale, "bz": np.zeros(f, np.int32),
+            "so": np.array(so, np.float32), "zo": np.array(zo, act),
+        },
+    )  # fmt: skip
+    got, quant, records = run_int(model, [x], tmp_path, target)
+    # the same arithmetic in numpy: real multiplier sx * sw / so per output channel
+    mult = (np.float64(np.float32(sx)) * sw.astype(np.float64) / np.float64(np.float32(so)))
+    want = qdq.requantize_ref([(acc, mult.reshape(1, -1, 1, 1))], zo, act)
+    assert got.dtype == np.dtype(act)
+    np.testing.assert_array_equal(got, want)
+    assert quant["integer_op_kinds"] == {"nn.conv2d": 1} and quant["float_ops"] == []
+    conv = [r for r in records if "conv2d" in r["kernel"]]
+    dense = groups == 1 and c % 4 == 0 and f % 16 == 0
+    assert conv[0]["template"] == (_int8_template() if dense else "conv2d"), conv
+    # not trivially saturated: the test exercises the requantization
+    assert len(np.unique(got)) > 20
+
+
+@pytest.mark.parametrize("act", ["uint8", "int8"])
+@pytest.mark.parametrize("case", [CONVS[0], CONVS[1], CONVS[3]], ids=["k3s1", "k3s2", "k1s2"])
+def test_conv_avx2_bit_exact(case, act, tmp_path, monkeypatch):
+    """The x86_64-avx2 target: the vpmaddwd micro-kernel (this CPU runs AVX2 code)."""
+    monkeypatch.setattr(__name__ + "._int8_template", lambda: "int8_conv2d")
+    test_conv_bit_exact(case, act, tmp_path, target="x86_64-avx2")
+
+
+MATMULS = [(1, 64, 10, "gemm"), (7, 96, 48, "gemm"), (16, 32, 64, "matmul"), (5, 30, 17, "matmul")]
+
+
+@pytest.mark.parametrize("act", ["uint8", "int8"])
+@pytest.mark.parametrize("case", MATMULS, ids=lambda c: "m{}k{}n{}{}".format(*c))
+def test_matmul_bit_exact(case, act, tmp_path):
+    m, k, n, kind = case
+    rng = _rng("mm", case, act)
+    x = _act(rng, (m, k), act)
+    zx = int(rng.integers(100, 150)) if act == "uint8" else int(rng.integers(-10, 10))
+    sx = 0.05
+    w = rng.integers(-127, 128, (n, k) if kind == "gemm" else (k, n)).astype(np.int8)
+    sw = rng.uniform(0.001, 0.02, n).astype(np.float32)
+    b = rng.integers(-3000, 3000, n).astype(np.int32)
+    wkn = w.T if kind == "gemm" else w
+    acc = (x.astype(np.int64) - zx) @ wkn.astype(np.int64) + b
+    real = acc * sx * sw.astype(np.float64)
+    so, zo = _out_params(real, act)
+    bscale = (np.float32(sx) * sw).astype(np.float32)
+    if kind == "gemm":
+        op = helper.make_node("Gemm", ["xf", "wf", "bf"], ["yf"], transB=1)
+        extra = []
+    else:
+        op = helper.make_node("MatMul", ["xf", "wf"], ["mf"])
+        extra = [helper.make_node("Add", ["mf", "bf"], ["yf"])]
+    nodes = [
+        helper.make_node("DequantizeLinear", ["x", "sx", "zx"], ["xf"]),
+        helper.make_node("DequantizeLinear", ["w", "sw", "zw"], ["wf"],
+                         axis=0 if kind == "gemm" else 1),  # fmt: skip
+        helper.make_node("DequantizeLinear", ["b", "bs", "bz"], ["bf"], axis=0),
+        op, *extra,
+        helper.make_node("QuantizeLinear", ["yf", "so", "zo"], ["y"]),
+    ]  # fmt: skip
+    model = _model(
+        nodes,
+        [helper.make_tensor_value_info("x", NP2ONNX[act], [m, k])],
+        [helper.make_tensor_value_info("y", NP2ONNX[act], [m, n])],
+        {
+            "sx": np.array(sx, np.float32), "zx": np.array(zx, act), "w": w, "sw": sw,
+            "zw": np.zeros(n, np.int8), "b": b, "bs": bscale, "bz": np.zeros(n, np.int32),
+            "so": np.array(so, np.float32), "zo": np.array(zo, act),
+        },
+    )  # fmt: skip
+    got, quant, _ = run_int(model, [x], tmp_path)
+    mult = np.float64(np.float32(sx)) * sw.astype(np.float64) / np.float64(np.float32(so))
+    np.testing.assert_array_equal(got, qdq.requantize_ref([(acc, mult)], zo, act))
+    assert quant["integer_op_kinds"] == {"matmul": 1} and quant["float_ops"] == []
+
+
+def test_add_pool_concat_bit_exact(tmp_path):
+    """Quantized Add (two-term requantization), Relu, MaxPool, GlobalAveragePool, Concat."""
+    rng = _rng("add")
+    a, b = _act(rng, (1, 8, 6, 6), "uint8"), _act(rng, (1, 8, 6, 6), "uint8")
+    p = {"sa": 0.03, "za": 120, "sb": 0.011, "zb": 7, "ss": 0.04, "zs": 128, "sg": 0.02, "zg": 100}
+    nodes = [
+        helper.make_node("DequantizeLinear", ["a", "sa", "za"], ["af"]),
+        helper.make_node("DequantizeLinear", ["b", "sb", "zb"], ["bf"]),
+        helper.make_node("Add", ["af", "bf"], ["sf"]),
+        helper.make_node("QuantizeLinear", ["sf", "ss", "zs"], ["s"]),
+        helper.make_node("DequantizeLinear", ["s", "ss", "zs"], ["sd"]),
+        helper.make_node("Relu", ["sd"], ["rf"]),
+        helper.make_node("QuantizeLinear", ["rf", "ss", "zs"], ["r"]),
+        helper.make_node("DequantizeLinear", ["r", "ss", "zs"], ["rd"]),
+        helper.make_node("MaxPool", ["rd"], ["mf"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("QuantizeLinear", ["mf", "ss", "zs"], ["mq"]),
+        helper.make_node("DequantizeLinear", ["mq", "ss", "zs"], ["md"]),
+        helper.make_node("GlobalAveragePool", ["md"], ["gf"]),
+        helper.make_node("QuantizeLinear", ["gf", "sg", "zg"], ["g"]),
+        helper.make_node("DequantizeLinear", ["g", "sg", "zg"], ["gd"]),
+        helper.make_node("MaxPool", ["bf"], ["bfm"], kernel_shape=[6, 6]),
+        helper.make_node("QuantizeLinear", ["bfm", "sb", "zb"], ["bq"]),
+        helper.make_node("DequantizeLinear", ["bq", "sb", "zb"], ["bfp"]),
+        helper.make_node("Concat", ["gd", "bfp"], ["cf"], axis=1),
+        helper.make_node("QuantizeLinear", ["cf", "sg", "zg"], ["y"]),
+    ]
+    inits = {k: np.array(v, np.float32 if k[0] == "s" else np.uint8) for k, v in p.items()}
+    model = _model(
+        nodes,
+        [helper.make_tensor_value_info(n, TensorProto.UINT8, [1, 8, 6, 6]) for n in "ab"],
+        [helper.make_tensor_value_info("y", TensorProto.UINT8, [1, 16, 1, 1])],
+        inits,
+    )
+    got, quant, _ = run_int(model, [a, b], tmp_path)
+    f32 = {k: np.float64(np.float32(v)) for k, v in p.items() if k[0] == "s"}
+    ai, bi = a.astype(np.int64) - p["za"], b.astype(np.int64) - p["zb"]
+    s = qdq.requantize_ref([(ai, f32["sa"] / f32["ss"]), (bi, f32["sb"] / f32["ss"])], p["zs"],
+                           "uint8")  # fmt: skip
+    r = np.maximum(s, p["zs"])
+    m = r.reshape(1, 8, 3, 2, 3, 2).max(axis=(3, 5))
+    total = m.astype(np.int64).sum(axis=(2, 3), keepdims=True) - 9 * p["zs"]
+    g = qdq.requantize_ref([(total, f32["ss"] / (f32["sg"] * 9))], p["zg"], "uint8")
+    bmax = b.max(axis=(2, 3), keepdims=True).astype(np.int64) - p["zb"]
+    bpart = qdq.requantize_ref([(bmax, f32["sb"] / f32["sg"])], p["zg"], "uint8")
+    np.testing.assert_array_equal(got, np.concatenate([g, bpart], axis=1))
+    assert quant["float_ops"] == []
+    assert {"add", "nn.relu", "nn.max_pool2d", "mean", "concat"} <= set(quant["integer_op_kinds"])
+
+
+def test_requantize_edge_cases():
+    """The dyadic requantization against exact rational arithmetic: round half up of
+    x * M / 2**n, saturation, tiny and near-one multipliers, int32 extremes."""
+    accs = np.array([-(2**31), -(2**31) + 1, -1, 0, 1, 2**31 - 1, 12345, -12345], np.int64)
+    for real in (1e-12, 3.7e-9, 1e-4, 0.0123, 0.5, 0.999999, 1.0, 1.5, 1000.0):
+        (m,), n = qdq.multipliers([np.array(real)])
+        assert 1 <= int(n) <= qdq.MAX_SHIFT and abs(int(m)) < 2**31
+        if real >= 2**-31:  # M keeps at least 30 significant bits
+            assert abs(int(m) / 2 ** int(n) - real) <= real * 2**-30
+        for dtype in ("uint8", "int8"):
+            got = qdq.requantize_ref([(accs, np.array(real))], 3, dtype)
+            lo, hi = qdq.QRANGE[dtype]
+            for acc, g in zip(accs, got, strict=True):
+                exact = Fraction(int(acc) * int(m), 2 ** int(n)) + Fraction(1, 2)
+                want = min(hi, max(lo, (exact.numerator // exact.denominator) + 3))
+                assert int(g) == want, (real, dtype, acc)
+    # a two-term sum shares one shift; the larger multiplier keeps 30+ bits
+    (ma, mb), n = qdq.multipliers([np.array(0.75), np.array(1e-3)])
+    assert 2**30 <= ma < 2**31 and abs(mb / 2 ** int(n) - 1e-3) < 2**-31
+    with pytest.raises(ValueError):
+        qdq.multipliers([np.array(2.0**31)])
+
+
+def test_integer_only_rejects_float_ops(tmp_path):
+    """A Softmax between quantize and dequantize has no integer form: integer_only fails and
+    names it; without the flag the report lists it."""
+    nodes = [
+        helper.make_node("DequantizeLinear", ["x", "s", "z"], ["xf"]),
+        helper.make_node("Softmax", ["xf"], ["yf"]),
+        helper.make_node("QuantizeLinear", ["yf", "s", "z"], ["y"]),
+    ]
+    model = _model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.UINT8, [2, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.UINT8, [2, 8])],
+        {"s": np.array(0.01, np.float32), "z": np.array(0, np.uint8)},
+    )
+    with pytest.raises(FloatOpsError) as e:
+        lower.build(model, _target(), THREADS, integer_only=True)
+    assert "softmax" in str(e.value) and e.value.exit_code == 1
+    assert [o["op"] for o in e.value.ops] == ["dequantize", "nn.softmax", "quantize"]
+    quant: dict = {}
+    lower.build(model, _target(), THREADS, quant=quant)
+    assert [o["op"] for o in quant["float_ops"]] == ["dequantize", "nn.softmax", "quantize"]
+    assert quant["declined"] and "softmax" in quant["declined"][0]["reason"]
