@@ -68,6 +68,32 @@ def _pass_options(f):
     )
 
 
+def _int8_options(f):
+    """The --int8 options of compile (edgec.quant; keyword names match edgec.api.compile)."""
+    options = [
+        click.option("--int8", is_flag=True, help="Post-training int8 quantization (QDQ)."),
+        click.option("--calib", metavar="PATH|synthetic", default=None,
+                     help="Calibration data: a directory or .zip/.tar/.npz of .npy/.npz samples "
+                     "(by input name) or images; 'synthetic' = random data (warned)."),
+        click.option("--calib-samples", type=int, default=None, metavar="N",
+                     help="Use the first N calibration samples [100; synthetic: 16]."),
+        click.option("--calib-method", type=click.Choice(["minmax", "percentile", "entropy"]),
+                     default="minmax", show_default=True,
+                     help="onnxruntime calibrator for activation ranges."),
+        click.option("--calib-preprocess", metavar="SPEC", default=None,
+                     help="Images: size=224,mean=0.485,0.456,0.406,std=0.229,0.224,0.225,"
+                     "scale=1/255,layout=NCHW."),
+        click.option("--dfq", is_flag=True,
+                     help="Data-free quantization: ReLU6->ReLU, cross-layer equalization, bias "
+                     "absorption and correction (without --calib: synthetic ranges, warned)."),
+        click.option("--keep-float", default=None, metavar="auto|NODE,...",
+                     help="Layers kept in fp32: 'auto' (measured sensitivity vs gain) or names."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
 @cli.command(epilog=EXIT_CODES)
 @click.argument("model", metavar="MODEL.onnx")
 @click.option("-o", "--output", required=True, metavar="OUT/", help="Artifact directory.")
@@ -123,11 +149,12 @@ def _pass_options(f):
     help="Tuning cache [$EDGEC_TUNING_DB, else $XDG_CACHE_HOME/edgec/tuning.db, "
     "else ~/.cache/edgec/tuning.db].",
 )
+@_int8_options
 @click.option("--json", "as_json", is_flag=True, help="Print report.json on stdout.")
 @click.pass_obj
 def compile(obj: _Context, model, output, target, input_shapes, force, skip_pass, only_pass,
             no_verify, verify_input, tolerance, threads, no_bench, bench_runs, bench_budget,
-            seed, search, budget, tuning_db, as_json) -> None:  # fmt: skip
+            seed, search, budget, tuning_db, as_json, **int8) -> None:  # fmt: skip
     """Compile MODEL.onnx into a deployable artifact directory OUT/.
 
     With --search fast|full, each kernel's schedule is chosen by timing its candidates on this
@@ -143,19 +170,32 @@ def compile(obj: _Context, model, output, target, input_shapes, force, skip_pass
             verify_result=not no_verify, verify_inputs=_load_inputs(verify_input) or None,
             tolerance=tolerance, threads=threads, bench=not no_bench, bench_runs=bench_runs,
             bench_budget_s=bench_budget, seed=seed, search=search, search_budget_s=budget,
-            tuning_db=tuning_db, log=obj.log,
+            tuning_db=tuning_db, log=obj.log, **int8,
         )  # fmt: skip
     except VerificationError as e:
         if as_json and e.report:
             click.echo(json.dumps(e.report, indent=2, default=artifact._jsonable))
         raise
+    for warning in result.report.get("warnings", []):  # e.g. --calib synthetic: loud
+        click.secho(warning, fg="yellow", bold=True, err=True)
     if as_json:
         click.echo(json.dumps(result.report, indent=2, default=artifact._jsonable))
     else:
         click.echo(summary(result.report))
+        if "accuracy" in result.report:
+            click.echo(f"  int8:      {_int8_summary(result.report)}")
         s = result.report.get("search", {})
         if s.get("mode", "none") != "none":
             click.echo(f"  search:    {_search_summary(s)}")
+
+
+def _int8_summary(report: dict) -> str:
+    a, q = report["accuracy"], report.get("quantization", {})
+    top1 = f", top-1 agreement {a['top1_agreement']:.4f}" if "top1_agreement" in a else ""
+    kept = q.get("kept_float") or []
+    return (f"vs fp32 on {a['inputs']}: cosine {a['cosine']:.6f}{top1}; "
+            f"{q.get('quantized_layers', 0)}/{q.get('layers', 0)} layers int8"
+            + (f", float: {', '.join(kept)}" if kept else ""))  # fmt: skip
 
 
 def _search_summary(s: dict) -> str:
