@@ -99,6 +99,7 @@ def quantize(
     from edgec.quant import dfq, mixed
 
     options.check()
+    model = _named(model)
     warnings: list[str] = []
     calib = options.calib or calibrate.SYNTHETIC
     calib_set = calibrate.load(calib, inputs, samples=options.calib_samples,
@@ -168,6 +169,23 @@ def _accuracy_line(acc: dict) -> str:
     top1 = f", top-1 agreement {acc['top1_agreement']:.4f}" if "top1_agreement" in acc else ""
     return (f"int8 vs fp32 (onnxruntime): cosine {acc['cosine']:.6f} (worst sample "
             f"{acc['min_cosine']:.6f}), max abs err {acc['max_abs_err']:.3g}{top1}")  # fmt: skip
+
+
+def _named(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model``, with a name (``op_type + index``) for every unnamed node: --keep-float and the
+    per-layer table refer to nodes by name."""
+    if all(n.name for n in model.graph.node):
+        return model
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    taken = {n.name for n in model.graph.node}
+    for i, n in enumerate(model.graph.node):
+        if not n.name:
+            name = f"{n.op_type}_{i}"
+            while name in taken:
+                name += "_"
+            n.name = name
+            taken.add(name)
+    return model
 
 
 def weight_layers(model: onnx.ModelProto) -> list[onnx.NodeProto]:

@@ -92,6 +92,11 @@ class _Graph:
         return name
 
 
+def _key(node: onnx.NodeProto) -> str:
+    """A node's identity across rewrites: its name, else its first output."""
+    return node.name or node.output[0]
+
+
 def _attr(node: onnx.NodeProto, name: str, default=None):
     for a in node.attribute:
         if a.name == name:
@@ -105,14 +110,14 @@ def bn_stats(model: onnx.ModelProto) -> Stats:
     g = _Graph(model)
     stats: Stats = {}
     for node in model.graph.node:
-        if node.op_type != "Conv" or not node.name:
+        if node.op_type != "Conv":
             continue
         bn = g.single_consumer(node.output[0])
         if bn is None or bn.op_type != "BatchNormalization" or _attr(bn, "training_mode", 0):
             continue
         gamma, beta = g.const(bn.input[1]), g.const(bn.input[2])
         if gamma is not None and beta is not None:
-            stats[node.name] = (beta.astype(np.float64), np.abs(gamma.astype(np.float64)))
+            stats[_key(node)] = (beta.astype(np.float64), np.abs(gamma.astype(np.float64)))
     return stats
 
 
@@ -129,7 +134,7 @@ class _Pair:
         self.act = acts[0] if acts else None
 
     def label(self) -> str:
-        return " -> ".join([self.l1.name, *(n.op_type for n in self.between), self.l2.name])
+        return " -> ".join([_key(self.l1), *(n.op_type for n in self.between), _key(self.l2)])
 
 
 def _conv_kind(g: _Graph, node: onnx.NodeProto) -> str | None:
@@ -179,7 +184,9 @@ def find_pairs(model: onnx.ModelProto) -> tuple[list[_Pair], list[str]]:
             continue
         k1, k2 = _conv_kind(g, l1), _conv_kind(g, nxt)
         if k1 is None or k2 is None:
-            declined.append(f"{l1.name} -> {nxt.name}: grouped conv or shared/non-constant weight")
+            declined.append(
+                f"{_key(l1)} -> {_key(nxt)}: grouped conv or shared/non-constant weight"
+            )
             continue
         pairs.append(_Pair(l1, between, nxt))
     return pairs, declined
@@ -193,16 +200,16 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _pairs_in(model: onnx.ModelProto, labels: Sequence[tuple[str, str]]) -> list[_Pair]:
-    by = {(p.l1.name, p.l2.name): p for p in find_pairs(model)[0]}
+    by = {(_key(p.l1), _key(p.l2)): p for p in find_pairs(model)[0]}
     return [by[k] for k in labels if k in by]
 
 
 def relu6_to_relu(model: onnx.ModelProto, pairs: Sequence[_Pair]) -> tuple[onnx.ModelProto, int]:
     out = _copy(model)
-    targets = {p.act.name for p in pairs if p.act is not None and p.act.op_type == "Clip"}
+    targets = {_key(p.act) for p in pairs if p.act is not None and p.act.op_type == "Clip"}
     n = 0
     for node in out.graph.node:
-        if node.op_type == "Clip" and node.name in targets:
+        if node.op_type == "Clip" and _key(node) in targets:
             node.op_type = "Relu"
             del node.input[1:]
             n += 1
@@ -234,21 +241,21 @@ def equalize(
     ``stats`` of each L1 are divided by its scales."""
     out = _copy(model)
     g = _Graph(out)
-    nodes = {n.name: n for n in out.graph.node}
+    nodes = {_key(n): n for n in out.graph.node}
     w: dict[str, np.ndarray] = {}
     b: dict[str, np.ndarray | None] = {}
     kind = {}
     for p in pairs:
-        for node in (p.l1, p.l2):
-            if node.name not in w:
-                w[node.name], b[node.name] = _weights(g, nodes[node.name])
-                kind[node.name] = _conv_kind(g, nodes[node.name])
-    total = {p.l1.name: np.ones(w[p.l1.name].shape[0]) for p in pairs}
+        for k in (_key(p.l1), _key(p.l2)):
+            if k not in w:
+                w[k], b[k] = _weights(g, nodes[k])
+                kind[k] = _conv_kind(g, nodes[k])
+    total = {_key(p.l1): np.ones(w[_key(p.l1)].shape[0]) for p in pairs}
     iters, worst = 0, 0.0
     for iters in range(1, CLE_MAX_ITERS + 1):  # noqa: B007 - reported
         worst = 0.0
         for p in pairs:
-            n1, n2 = p.l1.name, p.l2.name
+            n1, n2 = _key(p.l1), _key(p.l2)
             r1 = np.abs(w[n1]).reshape(w[n1].shape[0], -1).max(1)
             r2 = _in_ranges(w[n2], kind[n2])
             ok = (r1 > 0) & (r2 > 0)
@@ -285,10 +292,10 @@ def absorb_bias(
     absorbed pairs and the declined ones (with reasons)."""
     out = _copy(model)
     g = _Graph(out)
-    nodes = {n.name: n for n in out.graph.node}
+    nodes = {_key(n): n for n in out.graph.node}
     done, declined = [], []
     for p in pairs:
-        l1, l2 = nodes[p.l1.name], nodes[p.l2.name]
+        l1, l2 = nodes[_key(p.l1)], nodes[_key(p.l2)]
         if p.act is None or p.act.op_type != "Relu":
             continue
         if any(_attr(l2, "pads", [0]) or [0]) or _attr(l2, "auto_pad", b"NOTSET") not in (
@@ -299,8 +306,8 @@ def absorb_bias(
             continue
         if observed_min is not None and l1.output[0] in observed_min:
             c = np.maximum(0.0, observed_min[l1.output[0]])
-        elif l1.name in stats:
-            beta, gamma = stats[l1.name]
+        elif _key(l1) in stats:
+            beta, gamma = stats[_key(l1)]
             c = np.maximum(0.0, beta - ABSORB_SIGMAS * gamma)
         else:
             declined.append(f"{p.label()}: no BatchNorm statistics and no calibration data")
@@ -317,9 +324,9 @@ def absorb_bias(
             shift = w2.sum(axis=tuple(range(2, w2.ndim))) @ c
         _set_bias(g, l1, b1 - c)
         _set_bias(g, l2, b2 + shift)
-        if l1.name in stats:
-            beta, gamma = stats[l1.name]
-            stats[l1.name] = (beta - c, gamma)
+        if _key(l1) in stats:
+            beta, gamma = stats[_key(l1)]
+            stats[_key(l1)] = (beta - c, gamma)
         done.append(p.label())
     return out, done, declined
 
@@ -328,7 +335,8 @@ def _set_bias(g: _Graph, node: onnx.NodeProto, bias: np.ndarray) -> None:
     if len(node.input) > 2 and node.input[2]:
         g.set(node.input[2], bias.astype(np.float32))
         return
-    name = g.add_init(f"{node.name}_bias".strip("/").replace("/", "_"), bias.astype(np.float32))
+    base = f"{_key(node)}_bias".strip("/").replace("/", "_")
+    name = g.add_init(base, bias.astype(np.float32))
     while len(node.input) < 3:
         node.input.append("")
     node.input[2] = name
@@ -370,8 +378,8 @@ def _clipped_fraction(pairs: Sequence[_Pair], stats: Stats) -> float:
     ``pairs`` whose conv has BN statistics."""
     worst = 0.0
     for p in pairs:
-        if p.act is not None and p.act.op_type == "Clip" and p.l1.name in stats:
-            beta, gamma = stats[p.l1.name]
+        if p.act is not None and p.act.op_type == "Clip" and _key(p.l1) in stats:
+            beta, gamma = stats[_key(p.l1)]
             worst = max(worst, float(np.mean(1 - _cdf((6.0 - beta) / np.maximum(gamma, 1e-12)))))
     return worst
 
@@ -390,7 +398,7 @@ def apply(
     from edgec.passes import PASS_TOLERANCE
 
     pairs, declined = find_pairs(model)
-    labels = [(p.l1.name, p.l2.name) for p in pairs]
+    labels = [(_key(p.l1), _key(p.l2)) for p in pairs]
     report: dict = {"pairs": [p.label() for p in pairs], "declined": declined,
                     "bn_statistics": len(bn), "data": "calibration samples" if samples
                     else "none (data-free)"}  # fmt: skip
@@ -485,12 +493,12 @@ def _analytic_mean(g: _Graph, tensor: str, stats: Stats) -> np.ndarray | None:
     node = g.producer.get(tensor)
     if node is None:
         return None
-    if node.op_type == "Conv" and node.name in stats:
-        return stats[node.name][0]
+    if node.op_type == "Conv" and _key(node) in stats:
+        return stats[_key(node)][0]
     src = g.producer.get(node.input[0]) if node.input else None
-    if src is None or src.op_type != "Conv" or src.name not in stats:
+    if src is None or src.op_type != "Conv" or _key(src) not in stats:
         return None
-    beta, gamma = stats[src.name]
+    beta, gamma = stats[_key(src)]
     if node.op_type == "Relu":
         return relu_mean(beta, gamma)
     if _is_relu6(g, node):
@@ -510,17 +518,22 @@ def bias_correction(
     (``b -= (W_q - W) E[x]``). ``samples``: real data for E[x]; empty: BN statistics."""
     out = _copy(qdq)
     q, f = _Graph(out), _Graph(fp32)
+    # the QDQ model keeps node names (edgec.quant names every node); an activation it removed
+    # may have given its output name to the conv
     fnodes = {n.name: n for n in fp32.graph.node if n.name}
     layers = []
     for node in out.graph.node:
-        if node.op_type not in ("Conv", "Gemm") or node.name not in fnodes or len(node.input) < 3:
+        fnode = fnodes.get(node.name)
+        if node.op_type not in ("Conv", "Gemm") or fnode is None or len(node.input) < 3:
+            continue
+        if fnode.op_type != node.op_type:
             continue
         wdq, bdq = q.producer.get(node.input[1]), q.producer.get(node.input[2])
         if not (wdq and bdq and wdq.op_type == bdq.op_type == "DequantizeLinear"):
             continue
         if node.op_type == "Gemm" and (_attr(node, "transA", 0) or not _attr(node, "transB", 0)):
             continue
-        layers.append((node, fnodes[node.name], wdq, bdq))
+        layers.append((node, fnode, wdq, bdq))
     means: dict[str, np.ndarray] = {}
     if samples:
         names = sorted({fn.input[0] for _, fn, _, _ in layers})
@@ -534,7 +547,7 @@ def bias_correction(
     for node, fnode, wdq, bdq in layers:
         ex = means.get(fnode.input[0]) if samples else _analytic_mean(f, fnode.input[0], bn)
         if ex is None:
-            skipped.append(f"{node.name}: no E[x] for its input (no BatchNorm statistics)")
+            skipped.append(f"{_key(node)}: no E[x] for its input (no BatchNorm statistics)")
             continue
         w = f.const(fnode.input[1]).astype(np.float64)
         wq = _dequantize(q, wdq, w.ndim)
@@ -550,7 +563,7 @@ def bias_correction(
         scale = q.const(bdq.input[1]).astype(np.float64)
         new = np.clip(np.round(bq - delta / scale), -(2**31), 2**31 - 1).astype(np.int32)
         q.set(bdq.input[0], new)
-        corrected.append(node.name)
+        corrected.append(_key(node))
     source = (f"E[x] measured on {len(samples)} calibration sample(s)" if samples
               else "E[x] analytic from BatchNorm statistics (data-free)")  # fmt: skip
     log(f"dfq: bias correction of {len(corrected)} layer(s) ({source})")
