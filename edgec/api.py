@@ -367,8 +367,10 @@ def _verify_int8(lib_dir: Path, imported, quantized, tolerance: float | None, th
         "passed": bool(worst["min_cosine"] >= floor and worst["scaled_err"] <= tolerance),
         "outputs": metrics,
         **worst,
-        "vs_quantized_model": {"reference": "the QDQ model in onnxruntime (optimizations off)",
-                               **qdq},  # fmt: skip
+        "vs_quantized_model": {
+            "reference": "the QDQ model in onnxruntime (optimizations off)",
+            **qdq,
+        },  # fmt: skip
     }
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import logging
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
@@ -286,11 +287,13 @@ def quantize_static(
 
 @contextlib.contextmanager
 def _quiet_ort():
-    """quantize_static logs a 'consider pre-processing' warning on every call."""
+    """quantize_static logs a 'consider pre-processing' warning on every call, and the
+    histogram calibrators print to stdout (which carries --json)."""
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)
     try:
-        yield
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
     finally:
         root.setLevel(level)
