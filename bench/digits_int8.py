@@ -56,8 +56,7 @@ def main(argv: list[str]) -> int:
         if "--compiled" in argv:
             out = tmp / name
             api.compile(path, out, int8=True, calib=calib, bench=False)
-            model = api.load(out)
-            acc = top1(lambda feeds: model(**feeds), x_test, y_test)
+            acc = top1(api.load(out).run, x_test, y_test)
             print(f"|   compiled artifact (edgec compile --int8 --calib, minmax) | {acc:.2f} |")
     return 0
 

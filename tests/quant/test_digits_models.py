@@ -14,7 +14,7 @@ def test_split_is_deterministic_and_disjoint(digits):
     x_train, y_train, x_test, y_test = digits
     assert (len(y_train), len(y_test)) == (1438, 359)
     assert x_test.shape == (359, 1, 8, 8) and x_test.dtype == np.float32
-    assert -1.0 <= x_test.min() and x_test.max() <= 1.0
+    assert x_test.min() >= -1.0 and x_test.max() <= 1.0
     again = d.split()
     np.testing.assert_array_equal(again[3], y_test)
     rows = {r.tobytes() for r in x_train.reshape(len(x_train), -1)}
