@@ -120,6 +120,13 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
     bundle: bool = True,
     conv_algo: str = "auto",
     integer_only: bool = False,
+    int8: bool = False,
+    calib: str | os.PathLike | None = None,
+    calib_samples: int | None = None,
+    calib_method: str = "minmax",
+    calib_preprocess: str | None = None,
+    dfq: bool = False,
+    keep_float: str | Iterable[str] | None = None,
     log: Log = _quiet,
 ) -> CompileResult:
     """Compile an ONNX model into a deployable artifact directory ``output``.
@@ -143,6 +150,13 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
     report ``int8`` and ``float_ops``); ``integer_only`` makes any float op left between input
     quantize and output dequantize an error (FloatOpsError, exit code 1).
 
+    ``int8=True`` quantizes the graph after the passes (``edgec.quant``): ``calib`` (a path, or
+    ``"synthetic"``), ``calib_samples``, ``calib_method`` (minmax, percentile, entropy),
+    ``calib_preprocess`` (images), ``dfq`` (data-free quantization), ``keep_float`` ("auto" or
+    node names). Verification then measures accuracy against the fp32 model (cosine >=
+    ``verify.MIN_COSINE["int8"]``, scaled error <= ``tolerance``, default
+    ``verify.TOLERANCE["int8"]``).
+
     Raises InvalidInputError (bad input), UnsupportedModelError (ops TVM cannot lower) or
     VerificationError (results differ from onnxruntime beyond ``tolerance``); in every error case
     ``output`` is left untouched.
@@ -155,7 +169,9 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
     compiler = toolchain.compiler(tgt, ndk) if tgt.cross else None  # missing tools: fail early
     pipeline = passes.select(skip_passes, only_passes)
     threads = threads or default_threads()
-    precision = "fp32"
+    int8_options = _int8_options(int8, calib, calib_samples, calib_method, calib_preprocess, dfq,
+                                 keep_float)  # fmt: skip
+    precision = "int8" if int8_options else "fp32"
     from edgec.lower import conv_algos
 
     conv_algos.check_choice(conv_algo)
@@ -171,17 +187,30 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
         lower.check_supported(imported.model)  # fail early, listing every unsupported node
     with step("passes", f"passes ({', '.join(p.name for p in pipeline) or 'none'})"):
         optimized, pass_reports = passes.run_pipeline(imported.model, pipeline, seed=seed)
+    quantized = None
+    if int8_options is not None:
+        from edgec import quant
+
+        with step("quantize", "quantize to int8"):
+            if verify_inputs:
+                verify.check_inputs(imported.inputs, verify_inputs)
+            quantized = quant.quantize(
+                optimized, imported.inputs, int8_options, source=imported.model,
+                verify_samples=[dict(verify_inputs)] if verify_inputs else None, seed=seed,
+                log=log,
+            )  # fmt: skip
+            optimized = quantized.model
     with step("build", f"build for {tgt.name}" + (f" (search {search})" if tuner else "")):
         plans: list = []
-        quant: dict = {}
+        lowered: dict = {}  # what the integer lowering did (edgec.lower.qdq)
         executable, kernels = lower.build(
             optimized, tgt, threads, tune=tuner, conv_algo=conv_algo, conv_plan=plans,
-            integer_only=integer_only, quant=quant,
+            integer_only=integer_only, quant=lowered,
         )  # fmt: skip
-    if quant:
+    if lowered:
         precision = "int8"
-        log(f"int8: {quant['integer_ops']} quantized op(s) lowered to integer kernels, "
-            f"{len(quant['float_ops'])} float op(s) left between quantize and dequantize")  # fmt: skip
+        log(f"int8: {lowered['integer_ops']} quantized op(s) lowered to integer kernels, "
+            f"{len(lowered['float_ops'])} float op(s) left between quantize and dequantize")  # fmt: skip
     tolerance = verify.TOLERANCE[precision] if given_tolerance is None else given_tolerance
     if tuner is not None:
         search_report = tuner.summary()
@@ -230,9 +259,15 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
             "search": search_report,
             "conv_algos": plans[0].summary() if plans else {"conv_algo": conv_algo},
         }
-        if quant:
-            report["int8"] = quant
-            report["float_ops"] = quant["float_ops"]
+        if quantized is not None:
+            keys = ("format", "activations", "weights", "kept_float")
+            manifest["quantization"] = {k: quantized.report[k] for k in keys}
+            report["quantization"] = quantized.report
+            report["accuracy"] = quantized.accuracy
+            report["warnings"] = quantized.warnings
+        if lowered:
+            report["int8"] = lowered
+            report["float_ops"] = lowered["float_ops"]
         foreign = verify_result and not runnable
         if foreign and emulator and bundle_section and "files" in bundle_section:
             what = f"verify under {tgt.emulator} against onnxruntime (emulated: correctness only)"
@@ -257,6 +292,13 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
                 raise VerificationError(_verification_message(report["verification"]), report)
         elif foreign:
             report["verification"] = {"skipped": f"target {tgt.name} cannot run on this machine"}
+        elif verify_result and quantized is not None:
+            with step("verify", "verify int8 accuracy against the fp32 model"):
+                report["verification"] = _verify_int8(
+                    tmp, imported, quantized, given_tolerance, threads
+                )
+            if not report["verification"]["passed"]:
+                raise VerificationError(_verification_message(report["verification"]), report)
         elif verify_result:
             with step("verify", "verify against onnxruntime"):
                 report["verification"] = _verify(
@@ -271,6 +313,7 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
                 report["latency"] = _bench(
                     tmp / artifact.LIBRARY, imported.model, imported.inputs, threads,
                     runs=bench_runs, budget_s=bench_budget_s, seed=seed,
+                    int8_model=quantized.model if quantized is not None else None,
                 )  # fmt: skip
             with step("profile", "per-kernel profile"):
                 report["peak"], report["profile"] = _profile_kernels(
@@ -370,15 +413,80 @@ def _verification(expected: dict, actual: list, source: str, tolerance: float) -
     }
 
 
+def _int8_options(int8, calib, calib_samples, calib_method, calib_preprocess, dfq, keep_float):
+    """The checked --int8 options, or None for fp32 (where int8 options are an error)."""
+    from edgec.quant import Int8Options
+
+    given = {"calib": calib, "calib_samples": calib_samples, "calib_preprocess": calib_preprocess,
+             "dfq": dfq or None, "keep_float": keep_float,
+             "calib_method": None if calib_method == "minmax" else calib_method}  # fmt: skip
+    if not int8:
+        used = [k for k, v in given.items() if v is not None]
+        if used:
+            flags = ", ".join("--" + k.replace("_", "-") for k in used)
+            raise InvalidInputError(f"{flags} only apply with --int8")
+        return None
+    if keep_float is not None and not isinstance(keep_float, str):
+        keep_float = tuple(keep_float)
+    options = Int8Options(
+        calib=None if calib is None else str(calib), calib_samples=calib_samples,
+        calib_method=calib_method, calib_preprocess=calib_preprocess, dfq=dfq,
+        keep_float=keep_float,
+    )  # fmt: skip
+    options.check()
+    return options
+
+
+def _verify_int8(lib_dir: Path, imported, quantized, tolerance: float | None, threads: int):
+    """The artifact on the accuracy samples against the fp32 model (quantization error is
+    expected: a cosine floor and a loose scaled error), and against the QDQ model in onnxruntime
+    (the lowering's own error, reported)."""
+    from edgec import lower
+    from edgec.quant import accuracy
+
+    runtime = lower.Runtime(lib_dir / artifact.LIBRARY, threads)
+    names = [s.name for s in imported.outputs]
+    samples = quantized.samples[: verify.INT8_VERIFY_SAMPLES]
+
+    def run(feeds):
+        outs = runtime.run([feeds[s.name] for s in imported.inputs])
+        return dict(zip(names, outs, strict=True))
+
+    actual = accuracy.run_all(run, samples)
+    metrics = accuracy.compare(actual, quantized.reference[: len(samples)])
+    worst = accuracy.summary(metrics)
+    qdq = accuracy.summary(accuracy.compare(
+        actual, accuracy.run_all(accuracy.ort_runner(quantized.model), samples)
+    ))  # fmt: skip
+    tolerance = verify.TOLERANCE["int8_vs_fp32"] if tolerance is None else tolerance
+    floor = verify.MIN_COSINE["int8"]
+    return {
+        "inputs": quantized.accuracy["inputs"] + f", first {len(samples)}",
+        "reference": "the fp32 model (after edgec's passes) in onnxruntime",
+        "tolerance": tolerance,
+        "min_cosine_required": floor,
+        "passed": bool(worst["min_cosine"] >= floor and worst["scaled_err"] <= tolerance),
+        "outputs": metrics,
+        **worst,
+        "vs_quantized_model": {
+            "reference": "the QDQ model in onnxruntime (optimizations off)",
+            **qdq,
+        },  # fmt: skip
+    }
+
+
 def _verification_message(v: dict) -> str:
-    lines = [f"verification failed: outputs differ from onnxruntime (tolerance {v['tolerance']:g})"]
+    floor = v.get("min_cosine_required")  # int8: accuracy against the fp32 model
+    lines = [f"verification failed: outputs differ from onnxruntime (tolerance {v['tolerance']:g}"
+             + (f", worst-sample cosine >= {floor:g} vs fp32)" if floor else ")")]  # fmt: skip
     for name, m in v["outputs"].items():
         if "shape_mismatch" in m:
             lines.append(f"  {name}: shape {m['shape_mismatch'][0]} vs {m['shape_mismatch'][1]}")
         elif m.get("nonfinite_mismatch"):
             lines.append(f"  {name}: NaN/Inf where onnxruntime has finite values (or vice versa)")
         else:
-            flag = "FAIL" if m["scaled_err"] > v["tolerance"] else "ok"
+            low = floor is not None and m.get("min_cosine", 1.0) < floor
+            flag = "FAIL" if m["scaled_err"] > v["tolerance"] or low else "ok"
             lines.append(
                 f"  {name}: scaled err {m['scaled_err']:.3g}, max abs err {m['max_abs_err']:.3g}, "
                 f"cosine {m['cosine']:.6f} [{flag}]"
@@ -395,6 +503,7 @@ def _bench(
     runs: int,
     budget_s: float,
     seed: int,
+    int8_model: onnx.ModelProto | None = None,
 ) -> dict:
     from edgec import lower
 
@@ -403,14 +512,23 @@ def _bench(
     session = verify.ort_session(model, optimize=True, threads=threads)
     run_edgec = runtime.prepare([feeds[s.name] for s in inputs])
     engines = {"edgec": run_edgec, "onnxruntime": lambda: session.run(None, feeds)}
+    if int8_model is not None:  # onnxruntime's int8 kernels on the same QDQ model
+        int8_session = verify.ort_session(int8_model, optimize=True, threads=threads)
+        engines["onnxruntime_int8"] = lambda: int8_session.run(None, feeds)
     result = latency.measure(engines, runs=runs, budget_s=budget_s)
     ratio = result["edgec"]["p50_ms"] / result["onnxruntime"]["p50_ms"]
+    extra = {}
+    if int8_model is not None:
+        extra["edgec_vs_onnxruntime_int8_p50"] = (
+            result["edgec"]["p50_ms"] / result["onnxruntime_int8"]["p50_ms"]
+        )
     return {
         "threads": threads,
         "method": latency.METHOD,
         "onnxruntime_config": "CPUExecutionProvider, ORT_ENABLE_ALL, same thread count",
         **result,
         "edgec_vs_onnxruntime_p50": ratio,
+        **extra,
     }
 
 

@@ -129,6 +129,36 @@ def _pass_options(f):
     )
 
 
+_INT8_KEYS = ("int8", "calib", "calib_samples", "calib_method", "calib_preprocess", "dfq",
+              "keep_float")  # fmt: skip
+
+
+def _int8_options(f):
+    """The --int8 options of compile (edgec.quant; keyword names match edgec.api.compile)."""
+    options = [
+        click.option("--int8", is_flag=True, help="Post-training int8 quantization (QDQ)."),
+        click.option("--calib", metavar="PATH|synthetic", default=None,
+                     help="Calibration data: a directory or .zip/.tar/.npz of .npy/.npz samples "
+                     "(by input name) or images; 'synthetic' = random data (warned)."),
+        click.option("--calib-samples", type=int, default=None, metavar="N",
+                     help="Use the first N calibration samples [100; synthetic: 16]."),
+        click.option("--calib-method", type=click.Choice(["minmax", "percentile", "entropy"]),
+                     default="minmax", show_default=True,
+                     help="onnxruntime calibrator for activation ranges."),
+        click.option("--calib-preprocess", metavar="SPEC", default=None,
+                     help="Images: size=224,mean=0.485,0.456,0.406,std=0.229,0.224,0.225,"
+                     "scale=1/255,layout=NCHW."),
+        click.option("--dfq", is_flag=True,
+                     help="Data-free quantization: ReLU6->ReLU, cross-layer equalization, bias "
+                     "absorption and correction (without --calib: synthetic ranges, warned)."),
+        click.option("--keep-float", default=None, metavar="auto|NODE,...",
+                     help="Layers kept in fp32: 'auto' (measured sensitivity vs gain) or names."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
 @cli.command(epilog=EXIT_CODES)
 @click.argument("model", metavar="MODEL.onnx")
 @click.option("-o", "--output", required=True, metavar="OUT/", help="Artifact directory.")
@@ -192,6 +222,7 @@ def _pass_options(f):
     help="Convolution algorithm: force one family where it applies (else direct), or auto = "
     "chosen per conv layer by the search's measured latency (direct with --search none).",
 )
+@_int8_options
 @click.option(
     "--integer-only",
     is_flag=True,
@@ -217,7 +248,7 @@ def _pass_options(f):
 def compile(obj: _Context, model, output, target, input_shapes, force, skip_pass, only_pass,
             no_verify, verify_input, tolerance, threads, no_bench, bench_runs, bench_budget,
             seed, search, budget, tuning_db, conv_algo, integer_only, ndk, no_bundle, no_html,
-            as_json, **gate_options) -> None:  # fmt: skip
+            as_json, **options) -> None:  # fmt: skip
     """Compile MODEL.onnx into a deployable artifact directory OUT/.
 
     With --search fast|full, each kernel's schedule is chosen by timing its candidates on this
@@ -230,7 +261,8 @@ def compile(obj: _Context, model, output, target, input_shapes, force, skip_pass
     from edgec.errors import VerificationError
     from edgec.report.summary import summary
 
-    gates = _make_gates(gate_options)
+    int8 = {k: options.pop(k) for k in _INT8_KEYS}
+    gates = _make_gates(options)
     try:
         with _stdout_reserved(as_json):
             result = api.compile(
@@ -241,7 +273,7 @@ def compile(obj: _Context, model, output, target, input_shapes, force, skip_pass
                 threads=threads, bench=not no_bench, bench_runs=bench_runs,
                 bench_budget_s=bench_budget, seed=seed, search=search, search_budget_s=budget,
                 tuning_db=tuning_db, conv_algo=conv_algo, integer_only=integer_only, ndk=ndk,
-                bundle=not no_bundle, gates=gates, html_report=not no_html, log=obj.log,
+                bundle=not no_bundle, gates=gates, html_report=not no_html, log=obj.log, **int8,
             )  # fmt: skip
     except VerificationError as e:
         if as_json and e.report:
@@ -251,16 +283,29 @@ def compile(obj: _Context, model, output, target, input_shapes, force, skip_pass
         if not e.nodes:
             raise
         raise UnsupportedModelError(unsupported_text(e.nodes), e.nodes) from e
+    for warning in result.report.get("warnings", []):  # e.g. --calib synthetic: loud
+        click.secho(warning, fg="yellow", bold=True, err=True)
     if as_json:
         click.echo(json.dumps(result.report, indent=2, default=artifact._jsonable))
     else:
         click.echo(summary(result.report))
+        if "accuracy" in result.report:
+            click.echo(f"  int8:      {_int8_summary(result.report)}")
         s = result.report.get("search", {})
         if s.get("mode", "none") != "none":
             click.echo(f"  search:    {_search_summary(s)}")
         for g in result.report.get("gates", []):
             click.echo(f"  gate:      {g['message']}")
     _enforce_gates(result.report)
+
+
+def _int8_summary(report: dict) -> str:
+    a, q = report["accuracy"], report.get("quantization", {})
+    top1 = f", top-1 agreement {a['top1_agreement']:.4f}" if "top1_agreement" in a else ""
+    kept = q.get("kept_float") or []
+    return (f"vs fp32 on {a['inputs']}: cosine {a['cosine']:.6f}{top1}; "
+            f"{q.get('quantized_layers', 0)}/{q.get('layers', 0)} layers int8"
+            + (f", float: {', '.join(kept)}" if kept else ""))  # fmt: skip
 
 
 def _search_summary(s: dict) -> str:

@@ -14,7 +14,13 @@ from edgec.errors import EdgecError, InvalidInputError
 from edgec.frontend import TensorSpec
 
 # Default --tolerance per precision: the largest allowed max|edgec - ort| / max|ort| per output.
-TOLERANCE = {"fp32": 1e-4, "int8": 0.05}  # int8: integer requantization vs float rounding
+# int8: a QDQ model compiled as it is is compared with the same QDQ model in onnxruntime (integer
+# requantization vs float rounding: a few LSBs). --int8 compares with the fp32 model, so
+# quantization error is expected: a loose scaled error (gross failures) and a floor on the worst
+# per-sample cosine (MIN_COSINE) on real samples.
+TOLERANCE = {"fp32": 1e-4, "int8": 0.05, "int8_vs_fp32": 0.25}
+MIN_COSINE = {"int8": 0.99}
+INT8_VERIFY_SAMPLES = 16  # samples the int8 artifact runs for verification
 
 
 def random_inputs(specs: Sequence[TensorSpec], seed: int = 0) -> dict[str, np.ndarray]:

@@ -1,0 +1,111 @@
+"""int8 accuracy on the held-out digits test set (committed models, deterministic split), and
+`edgec compile --int8` end to end: report/manifest keys, synthetic warning, bad usage."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from edgec import frontend, passes
+from edgec.quant import Int8Options, accuracy, quantize
+from tests.quant.conftest import MODELS, model_path
+
+
+def top1(run, x: np.ndarray, y: np.ndarray) -> float:
+    """Top-1 accuracy in percent, one image at a time (the models take batch 1)."""
+    hits = [int(np.argmax(run({"input": x[i : i + 1]})["output"])) == y[i] for i in range(len(y))]
+    return 100.0 * float(np.mean(hits))
+
+
+@pytest.fixture(scope="module")
+def fp32_models():
+    out = {}
+    for name in MODELS:
+        imported = frontend.import_model(model_path(name), {})
+        out[name] = (imported, passes.run_pipeline(imported.model, passes.select())[0])
+    return out
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize(
+    "mode, max_drop",
+    [("calibrated", 0.5), ("dfq_data_free", 1.0), ("dfq_calibrated", 0.5)],
+)
+def test_int8_top1_close_to_fp32(name, mode, max_drop, fp32_models, digits, calib_npz):
+    imported, fp32 = fp32_models[name]
+    options = {
+        "calibrated": Int8Options(calib=str(calib_npz)),
+        "dfq_data_free": Int8Options(dfq=True),  # synthetic activation ranges, BN statistics
+        "dfq_calibrated": Int8Options(calib=str(calib_npz), dfq=True),
+    }[mode]
+    result = quantize(fp32, imported.inputs, options, source=imported.model)
+    assert sum(n.op_type == "QuantizeLinear" for n in result.model.graph.node) >= 4
+    _, _, x_test, y_test = digits
+    want = top1(accuracy.ort_runner(fp32), x_test, y_test)
+    got = top1(accuracy.ort_runner(result.model), x_test, y_test)
+    assert want > 98.0
+    assert got >= want - max_drop, f"{name} {mode}: int8 {got:.2f}% vs fp32 {want:.2f}%"
+    assert (mode == "dfq_data_free") == bool(result.warnings)  # synthetic ranges are flagged
+
+
+def test_compile_int8_end_to_end(cli, tmp_path, digits):
+    """edgec compile --int8 with a directory of calibration .npy files; the compiled artifact's
+    top-1 over the held-out set is within 0.5 points of fp32."""
+    x_train, _, x_test, y_test = digits
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for i in range(64):
+        np.save(calib / f"{i:03d}.npy", x_train[i][None])
+    out = tmp_path / "out"
+    r = cli("compile", model_path("digits_cnn"), "-o", out, "--int8", "--calib", calib,
+            "--calib-samples", "48", "--calib-method", "percentile", "--no-bench")  # fmt: skip
+    assert r.code == 0, r.err
+    assert "calibration: 48/48 samples" in r.err and "int8:" in r.out
+    manifest = json.loads((out / "manifest.json").read_text())
+    report = json.loads((out / "report.json").read_text())
+    assert manifest["precision"] == report["precision"] == "int8"
+    assert report["quantization"]["calibration"]["samples"] == 48
+    assert report["quantization"]["calibration"]["method"] == "percentile"
+    assert report["verification"]["passed"] and report["verification"]["min_cosine"] > 0.99
+    assert report["accuracy"]["top1_agreement"] > 0.95 and not report["warnings"]
+    qdq = onnx.load(out / "model.onnx")
+    assert sum(n.op_type == "DequantizeLinear" for n in qdq.graph.node) >= 8
+
+    from edgec import api
+
+    model = api.load(out)
+    fp32 = accuracy.ort_runner(onnx.load(model_path("digits_cnn")))
+    want = top1(fp32, x_test, y_test)
+    got = top1(lambda feeds: model(**feeds), x_test, y_test)
+    assert got >= want - 0.5, f"compiled int8 {got:.2f}% vs fp32 {want:.2f}%"
+
+
+def test_synthetic_calibration_warns_loudly(cli, tmp_path):
+    out = tmp_path / "out"
+    r = cli("compile", model_path("digits_cnn"), "-o", out, "--int8", "--calib", "synthetic",
+            "--no-bench")  # fmt: skip
+    assert r.code == 0, r.err
+    assert "WARNING: --calib synthetic" in r.err
+    report = json.loads((out / "report.json").read_text())
+    assert any("synthetic" in w for w in report["warnings"])
+    assert "warning" in report["accuracy"] and report["quantization"]["calibration"]["warning"]
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["--calib", "synthetic"], "only apply with --int8"),
+        (["--int8"], "needs calibration data"),
+        (["--int8", "--calib", "nowhere/"], "no such file"),
+        (["--int8", "--calib", "synthetic", "--keep-float", "nope"], "no node named 'nope'"),
+        (["--int8", "--calib", "synthetic", "--calib-samples", "0"], "must be positive"),
+    ],
+)
+def test_bad_int8_usage_exits_2(cli, tmp_path, args, match):
+    out = tmp_path / "out"
+    r = cli("compile", model_path("digits_cnn"), "-o", out, "--no-bench", *args)
+    assert r.code == 2 and match in r.err, r.err
+    assert not out.exists()
