@@ -116,14 +116,14 @@ def shiftmax_func(
                 for j in range(width):
                     d = T.Cast(I32, x[i, j]) - m[0]
                     p = T.max(d + T.shift_right(d, 1) - T.shift_right(d, 4), floor_)
-                    q = T.floordiv(p, x0)
+                    q = T.truncdiv(0 - p, -x0)  # p <= 0: floor(p / x0) = trunc(-p / -x0)
                     e = T.shift_right(T.shift_left(p - q * x0 - 2 * x0, n - q), 1)
                     s[0] = s[0] + T.Cast("int64", e)
                 f = T.Cast(I32, T.floordiv(T.int64(INT32_MAX), T.min(s[0], T.int64(INT32_MAX))))
                 for j in range(width):
                     d2 = T.Cast(I32, x[i, j]) - m[0]
                     p2 = T.max(d2 + T.shift_right(d2, 1) - T.shift_right(d2, 4), floor_)
-                    q2 = T.floordiv(p2, x0)
+                    q2 = T.truncdiv(0 - p2, -x0)
                     e2 = T.shift_right(T.shift_left(p2 - q2 * x0 - 2 * x0, n - q2), 1)
                     v = T.shift_right(f * e2, shift)
                     if requant is None:
@@ -177,7 +177,7 @@ def shift_gelu_func(
                     p = T.max(
                         d + T.shift_right(d, T.int64(1)) - T.shift_right(d, T.int64(4)), floor_
                     )
-                    q = T.floordiv(p, T.int64(x0))
+                    q = T.truncdiv(T.int64(0) - p, T.int64(-x0))
                     e = T.shift_right(T.shift_left(p - q * x0 - 2 * x0, n - q), T.int64(1))
                     dm = T.min(T.int64(0) - mm, T.int64(cap))
                     pm = T.max(
