@@ -52,12 +52,6 @@ class Requant:
             return cls(int(b), int(c), int(zero_point), dtype)
         return cls(b.astype(np.int64), c.astype(np.int64), int(zero_point), dtype)
 
-    def numpy(self, v: np.ndarray) -> np.ndarray:
-        """The same requantization in numpy (``intops``), for references."""
-        lo, hi = self.bounds
-        out = intops.round_shift(np.asarray(v, np.int64) * self.b, self.c) + self.zero_point
-        return np.clip(out, lo, hi).astype(self.dtype)
-
 
 def _round_shift(t, c):
     """round_half_even(t / 2^c) for int64 t and int64 c >= 1 (TIR expression)."""
@@ -202,6 +196,7 @@ def layernorm_func(
     bias: np.ndarray,
     sqrt_start: str = "fixed",
     requant: Requant | None = None,
+    shift: int = 0,
 ) -> tirx.PrimFunc:
     """I-LayerNorm over the last axis in int64: ``floor(y * f / 2) + B[c]`` (int64), or
     ``requant``'s codes (per channel: the output scale is per channel)."""
@@ -229,7 +224,7 @@ def layernorm_func(
                 w = T.alloc_buffer((1,), I64, scope="local")
                 acc[0] = T.int64(0)
                 for j in range(channels):
-                    acc[0] = acc[0] + T.Cast(I64, x[i, j])
+                    acc[0] = acc[0] + T.shift_left(T.Cast(I64, x[i, j]), T.int64(shift))
                 qm = T.floordiv(acc[0], T.int64(channels))
                 twice = 2 * (acc[0] - qm * channels)
                 mean = qm + T.Select(
@@ -239,7 +234,7 @@ def layernorm_func(
                 )
                 var[0] = T.int64(0)
                 for j in range(channels):
-                    y = T.Cast(I64, x[i, j]) - mean
+                    y = T.shift_left(T.Cast(I64, x[i, j]), T.int64(shift)) - mean
                     var[0] = var[0] + y * y
                 if bitlen:
                     w[0] = var[0]
@@ -258,7 +253,13 @@ def layernorm_func(
                     )
                 f = T.floordiv(T.int64(INT32_MAX), k[0])
                 for j in range(channels):
-                    v = T.shift_right((T.Cast(I64, x[i, j]) - mean) * f, T.int64(1)) + bias_int[j]
+                    v = (
+                        T.shift_right(
+                            (T.shift_left(T.Cast(I64, x[i, j]), T.int64(shift)) - mean) * f,
+                            T.int64(1),
+                        )
+                        + bias_int[j]
+                    )
                     if requant is None:
                         out[i, j] = v
                     else:

@@ -232,16 +232,29 @@ def round_div(total, count: int) -> np.ndarray:
     return q + ((twice > count) | ((twice == count) & ((q & 1) == 1)))
 
 
-def i_layernorm(x, gamma, beta, sqrt_start: str = "fixed"):
+def i_layernorm(x, gamma, beta, sqrt_start: str = "fixed", shift: int = 0):
     """Integer LayerNorm over the last axis; the input scale cancels.
 
     Returns (out, per-channel scale ``sqrt(C)/2^30 * gamma``). ``out = floor(y * f / 2) + B``
     with ``y = x - round(mean)``, ``f = (2^31 - 1) // isqrt(sum y^2)``.
+
+    ``shift`` > 0 (an extension, 0 = official) normalizes ``x << shift`` instead: the rounded
+    mean and the integer square root then carry ``shift`` fractional bits, which matters for
+    8-bit inputs whose rows span few codes. Keep ``|x| << shift`` below 2^24 (var < 2^62).
     """
-    x = _i64(x)
+    x = _i64(x) << shift
     channels = x.shape[-1]
     bias, out_scale = layernorm_bias(gamma, beta, channels)
     y = x - round_div(x.sum(axis=-1, keepdims=True), channels)
     var = (y * y).sum(axis=-1, keepdims=True)
     f = INT32_MAX // isqrt_newton(var, sqrt_start)
     return ((y * f) >> 1) + bias, out_scale
+
+
+def quantize_codes(v, s_in, s_out: float, zero_point: int, dtype: str) -> np.ndarray:
+    """Integers ``v`` with scale ``s_in`` (scalar or per channel) as quantized codes of
+    (``s_out``, ``zero_point``, ``dtype``): ``clip(round_half_even(v * b / 2^c) + zp)``."""
+    b, c = dyadic(np.asarray(s_in, dtype=np.float64) / np.float64(s_out))
+    info = np.iinfo(dtype)
+    out = round_shift(_i64(v) * b, c) + int(zero_point)
+    return np.clip(out, info.min, info.max).astype(dtype)
