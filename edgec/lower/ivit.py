@@ -13,6 +13,7 @@ decline them (no blocks).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import numpy as np
@@ -99,31 +100,34 @@ def shiftmax_func(
     @T.prim_func(s_tir=True)
     def kernel(x: T.Buffer((rows, width), in_dtype), out: T.Buffer((rows, width), out_dtype)):
         T.func_attr({"tirx.noalias": True})
-        with T.sblock("root"):
-            for i in T.parallel(rows):
-                m = T.alloc_buffer((1,), I32, scope="local")
-                s = T.alloc_buffer((1,), "int64", scope="local")
-                m[0] = T.Cast(I32, x[i, 0])
-                for j in range(width):
-                    m[0] = T.max(m[0], T.Cast(I32, x[i, j]))
-                s[0] = T.int64(0)
-                for j in range(width):
-                    d = T.Cast(I32, x[i, j]) - m[0]
-                    p = T.max(d + T.shift_right(d, 1) - T.shift_right(d, 4), floor_)
-                    q = T.truncdiv(0 - p, -x0)  # p <= 0: floor(p / x0) = trunc(-p / -x0)
-                    e = T.shift_right(T.shift_left(p - q * x0 - 2 * x0, n - q), 1)
-                    s[0] = s[0] + T.Cast("int64", e)
-                f = T.Cast(I32, T.floordiv(T.int64(INT32_MAX), T.min(s[0], T.int64(INT32_MAX))))
-                for j in range(width):
-                    d2 = T.Cast(I32, x[i, j]) - m[0]
-                    p2 = T.max(d2 + T.shift_right(d2, 1) - T.shift_right(d2, 4), floor_)
-                    q2 = T.truncdiv(0 - p2, -x0)
-                    e2 = T.shift_right(T.shift_left(p2 - q2 * x0 - 2 * x0, n - q2), 1)
-                    v = T.shift_right(f * e2, shift)
-                    if requant is None:
-                        out[i, j] = v
-                    else:
-                        out[i, j] = _requant_expr(v, requant)
+        with T.sblock("root"):  # noqa: SIM117 - TVMScript wants one block per `with`
+            with T.sblock("ivit"):
+                T.reads(x[0:rows, 0:width])
+                T.writes(out[0:rows, 0:width])
+                for i in T.parallel(rows):
+                    m = T.alloc_buffer((1,), I32, scope="local")
+                    s = T.alloc_buffer((1,), "int64", scope="local")
+                    m[0] = T.Cast(I32, x[i, 0])
+                    for j in range(width):
+                        m[0] = T.max(m[0], T.Cast(I32, x[i, j]))
+                    s[0] = T.int64(0)
+                    for j in range(width):
+                        d = T.Cast(I32, x[i, j]) - m[0]
+                        p = T.max(d + T.shift_right(d, 1) - T.shift_right(d, 4), floor_)
+                        q = T.truncdiv(0 - p, -x0)  # p <= 0: floor(p / x0) = trunc(-p / -x0)
+                        e = T.shift_right(T.shift_left(p - q * x0 - 2 * x0, n - q), 1)
+                        s[0] = s[0] + T.Cast("int64", e)
+                    f = T.Cast(I32, T.floordiv(T.int64(INT32_MAX), T.min(s[0], T.int64(INT32_MAX))))
+                    for j in range(width):
+                        d2 = T.Cast(I32, x[i, j]) - m[0]
+                        p2 = T.max(d2 + T.shift_right(d2, 1) - T.shift_right(d2, 4), floor_)
+                        q2 = T.truncdiv(0 - p2, -x0)
+                        e2 = T.shift_right(T.shift_left(p2 - q2 * x0 - 2 * x0, n - q2), 1)
+                        v = T.shift_right(f * e2, shift)
+                        if requant is None:
+                            out[i, j] = v
+                        else:
+                            out[i, j] = _requant_expr(v, requant)
 
     return _finish(kernel, "ivit_shiftmax")
 
@@ -154,37 +158,41 @@ def shift_gelu_func(
     @T.prim_func(s_tir=True)
     def kernel(x: T.Buffer((rows, width), in_dtype), out: T.Buffer((rows, width), out_dtype)):
         T.func_attr({"tirx.noalias": True})
-        with T.sblock("root"):
-            for i in T.parallel(rows):
-                m = T.alloc_buffer((1,), I64, scope="local")
-                m[0] = T.int64(0)
-                if row_max:
-                    m[0] = T.Cast(I64, x[i, 0])
+        with T.sblock("root"):  # noqa: SIM117 - TVMScript wants one block per `with`
+            with T.sblock("ivit"):
+                T.reads(x[0:rows, 0:width])
+                T.writes(out[0:rows, 0:width])
+                for i in T.parallel(rows):
+                    m = T.alloc_buffer((1,), I64, scope="local")
+                    m[0] = T.int64(0)
+                    if row_max:
+                        m[0] = T.Cast(I64, x[i, 0])
+                        for j in range(width):
+                            m[0] = T.max(m[0], T.Cast(I64, x[i, j]))
                     for j in range(width):
-                        m[0] = T.max(m[0], T.Cast(I64, x[i, j]))
-                for j in range(width):
-                    xv = T.Cast(I64, x[i, j]) - T.int64(zero_point)
-                    mm = T.Select(
-                        T.bool(row_max), m[0] - T.int64(zero_point), T.max(xv, T.int64(0))
-                    )
-                    d = xv - mm
-                    p = T.max(
-                        d + T.shift_right(d, T.int64(1)) - T.shift_right(d, T.int64(4)), floor_
-                    )
-                    q = T.truncdiv(T.int64(0) - p, T.int64(-x0))
-                    e = T.shift_right(T.shift_left(p - q * x0 - 2 * x0, n - q), T.int64(1))
-                    dm = T.min(T.int64(0) - mm, T.int64(cap))
-                    pm = T.max(
-                        dm + T.shift_right(dm, T.int64(1)) - T.shift_right(dm, T.int64(4)), floor_
-                    )
-                    qm = T.floordiv(pm, T.int64(x0))
-                    em = T.shift_right(T.shift_left(pm - qm * x0 - 2 * x0, n - qm), T.int64(1))
-                    f = T.floordiv(T.int64(top), T.min(e + em, T.int64(top)))
-                    y = xv * T.shift_right(f * e, T.int64(shift))
-                    if requant is None:
-                        out[i, j] = T.Cast("int32", y)
-                    else:
-                        out[i, j] = _requant_expr(y, requant)
+                        xv = T.Cast(I64, x[i, j]) - T.int64(zero_point)
+                        mm = T.Select(
+                            T.bool(row_max), m[0] - T.int64(zero_point), T.max(xv, T.int64(0))
+                        )
+                        d = xv - mm
+                        p = T.max(
+                            d + T.shift_right(d, T.int64(1)) - T.shift_right(d, T.int64(4)), floor_
+                        )
+                        q = T.truncdiv(T.int64(0) - p, T.int64(-x0))
+                        e = T.shift_right(T.shift_left(p - q * x0 - 2 * x0, n - q), T.int64(1))
+                        dm = T.min(T.int64(0) - mm, T.int64(cap))
+                        pm = T.max(
+                            dm + T.shift_right(dm, T.int64(1)) - T.shift_right(dm, T.int64(4)),
+                            floor_,
+                        )
+                        qm = T.floordiv(pm, T.int64(x0))
+                        em = T.shift_right(T.shift_left(pm - qm * x0 - 2 * x0, n - qm), T.int64(1))
+                        f = T.floordiv(T.int64(top), T.min(e + em, T.int64(top)))
+                        y = xv * T.shift_right(f * e, T.int64(shift))
+                        if requant is None:
+                            out[i, j] = T.Cast("int32", y)
+                        else:
+                            out[i, j] = _requant_expr(y, requant)
 
     return _finish(kernel, "ivit_shift_gelu")
 
@@ -216,54 +224,60 @@ def layernorm_func(
         out: T.Buffer((rows, channels), out_dtype),
     ):
         T.func_attr({"tirx.noalias": True})
-        with T.sblock("root"):
-            for i in T.parallel(rows):
-                acc = T.alloc_buffer((1,), I64, scope="local")
-                var = T.alloc_buffer((1,), I64, scope="local")
-                k = T.alloc_buffer((1,), I64, scope="local")
-                w = T.alloc_buffer((1,), I64, scope="local")
-                acc[0] = T.int64(0)
-                for j in range(channels):
-                    acc[0] = acc[0] + T.shift_left(T.Cast(I64, x[i, j]), T.int64(shift))
-                qm = T.floordiv(acc[0], T.int64(channels))
-                twice = 2 * (acc[0] - qm * channels)
-                mean = qm + T.Select(
-                    twice > channels or (twice == channels and T.bitwise_and(qm, T.int64(1)) == 1),
-                    T.int64(1),
-                    T.int64(0),
+        with T.sblock("root"):  # noqa: SIM117 - TVMScript wants one block per `with`
+            with T.sblock("ivit"):
+                T.reads(
+                    x[0:rows, 0:channels], bias_int[0:channels], rq_b[0:channels], rq_c[0:channels]
                 )
-                var[0] = T.int64(0)
-                for j in range(channels):
-                    y = T.shift_left(T.Cast(I64, x[i, j]), T.int64(shift)) - mean
-                    var[0] = var[0] + y * y
-                if bitlen:
-                    w[0] = var[0]
-                    k[0] = T.int64(0)  # bit length by binary search
-                    for t in T.unroll(6):
-                        step = T.shift_left(T.int64(1), T.int64(5 - t))
-                        if w[0] >= T.shift_left(T.int64(1), step):
-                            k[0] = k[0] + step
-                            w[0] = T.shift_right(w[0], step)
-                    k[0] = T.shift_left(T.int64(1), T.floordiv(k[0] + w[0], T.int64(2)))
-                else:
-                    k[0] = T.int64(65536)
-                for _t in T.unroll(10):
-                    k[0] = T.max(
-                        T.shift_right(k[0] + T.floordiv(var[0], k[0]), T.int64(1)), T.int64(1)
+                T.writes(out[0:rows, 0:channels])
+                for i in T.parallel(rows):
+                    acc = T.alloc_buffer((1,), I64, scope="local")
+                    var = T.alloc_buffer((1,), I64, scope="local")
+                    k = T.alloc_buffer((1,), I64, scope="local")
+                    w = T.alloc_buffer((1,), I64, scope="local")
+                    acc[0] = T.int64(0)
+                    for j in range(channels):
+                        acc[0] = acc[0] + T.shift_left(T.Cast(I64, x[i, j]), T.int64(shift))
+                    qm = T.floordiv(acc[0], T.int64(channels))
+                    twice = 2 * (acc[0] - qm * channels)
+                    mean = qm + T.Select(
+                        twice > channels
+                        or (twice == channels and T.bitwise_and(qm, T.int64(1)) == 1),
+                        T.int64(1),
+                        T.int64(0),
                     )
-                f = T.floordiv(T.int64(INT32_MAX), k[0])
-                for j in range(channels):
-                    v = (
-                        T.shift_right(
-                            (T.shift_left(T.Cast(I64, x[i, j]), T.int64(shift)) - mean) * f,
-                            T.int64(1),
-                        )
-                        + bias_int[j]
-                    )
-                    if requant is None:
-                        out[i, j] = v
+                    var[0] = T.int64(0)
+                    for j in range(channels):
+                        y = T.shift_left(T.Cast(I64, x[i, j]), T.int64(shift)) - mean
+                        var[0] = var[0] + y * y
+                    if bitlen:
+                        w[0] = var[0]
+                        k[0] = T.int64(0)  # bit length by binary search
+                        for t in T.unroll(6):
+                            step = T.shift_left(T.int64(1), T.int64(5 - t))
+                            if w[0] >= T.shift_left(T.int64(1), step):
+                                k[0] = k[0] + step
+                                w[0] = T.shift_right(w[0], step)
+                        k[0] = T.shift_left(T.int64(1), T.floordiv(k[0] + w[0], T.int64(2)))
                     else:
-                        out[i, j] = _requant_expr(v, rq, rq_b[j], rq_c[j])
+                        k[0] = T.int64(65536)
+                    for _t in T.unroll(10):
+                        k[0] = T.max(
+                            T.shift_right(k[0] + T.floordiv(var[0], k[0]), T.int64(1)), T.int64(1)
+                        )
+                    f = T.floordiv(T.int64(INT32_MAX), k[0])
+                    for j in range(channels):
+                        v = (
+                            T.shift_right(
+                                (T.shift_left(T.Cast(I64, x[i, j]), T.int64(shift)) - mean) * f,
+                                T.int64(1),
+                            )
+                            + bias_int[j]
+                        )
+                        if requant is None:
+                            out[i, j] = v
+                        else:
+                            out[i, j] = _requant_expr(v, rq, rq_b[j], rq_c[j])
 
     return _finish(kernel, "ivit_layernorm")
 
@@ -322,3 +336,126 @@ def _out_dtype(kind: str, params: dict) -> str:
     if rq is not None:
         return rq.dtype
     return "int64" if kind == "layernorm" else "int32"
+
+
+# ---------------------------------------------------------------- ai.edgec ONNX nodes -> Relax
+
+
+def _numpy_const(expr) -> np.ndarray:
+    for get in (lambda e: e.data, lambda e: e.value):
+        try:
+            return get(expr).numpy()
+        except AttributeError:
+            continue
+    raise ValueError(f"expected a constant input, got {type(expr).__name__}")
+
+
+def _relax_round_shift(bb: relax.BlockBuilder, t: relax.Expr, c) -> relax.Expr:
+    """round_half_even(t / 2^c) on int64 tensors (c: int or per-channel array)."""
+    c = np.asarray(c, np.int64)
+    half = relax.const(np.left_shift(np.int64(1), c - 1), "int64")
+    mask = relax.const(np.left_shift(np.int64(1), c) - 1, "int64")
+    one = relax.const(1, "int64")
+    up = bb.emit(relax.op.right_shift(relax.op.add(t, half), relax.const(c, "int64")))
+    tie = relax.op.equal(relax.op.bitwise_and(t, mask), half)
+    odd = relax.op.equal(relax.op.bitwise_and(up, one), one)
+    return bb.emit(relax.op.subtract(up, relax.op.astype(relax.op.logical_and(tie, odd), "int64")))
+
+
+def _relax_codes(bb, v: relax.Expr, s_in, a: dict) -> relax.Expr:
+    """int64 ``v`` with scale ``s_in`` -> codes of (out_scale, out_zero_point, out_dtype)."""
+    rq = Requant.to_scale(s_in, a["out_scale"], a["out_zero_point"], a["out_dtype"])
+    t = relax.op.multiply(v, relax.const(np.asarray(rq.b, np.int64), "int64"))
+    r = relax.op.add(_relax_round_shift(bb, bb.emit(t), rq.c), relax.const(rq.zero_point, "int64"))
+    lo, hi = rq.bounds
+    return bb.emit(relax.op.astype(relax.op.clip(r, lo, hi), rq.dtype))
+
+
+def _centered(x: relax.Expr, zero_point: int) -> relax.Expr:
+    return relax.op.subtract(relax.op.astype(x, "int64"), relax.const(zero_point, "int64"))
+
+
+def convert_node(bb: relax.BlockBuilder, op: str, inputs: list, attrs: dict) -> relax.Expr:
+    """Relax for one ``ai.edgec`` node (semantics: ``edgec.quant.ivit.run_node``)."""
+    from edgec.quant import ivit as qivit
+
+    a = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in attrs.items()}
+    x = inputs[0]
+    if op == "Shiftmax":
+        rq = Requant.to_scale(
+            2.0 ** -(a["out_bits"] - 1), a["out_scale"], a["out_zero_point"], a["out_dtype"]
+        )
+        return emit(bb, "shiftmax", x, scale=a["scale"], out_bits=a["out_bits"], requant=rq)
+    if op == "ShiftGELU":
+        if a["offset"] == "element":  # a function of the code alone: a table, exact
+            table, first = qivit.gelu_table(a)
+            idx = relax.op.subtract(relax.op.astype(x, "int32"), relax.const(first, "int32"))
+            return bb.emit(relax.op.take(relax.const(table, a["out_dtype"]), idx, axis=0))
+        rq = Requant.to_scale(
+            a["scale"] * a["factor"] / 128, a["out_scale"], a["out_zero_point"], a["out_dtype"]
+        )
+        return emit(
+            bb, "shift_gelu", x, scale=a["scale"], zero_point=a["zero_point"],
+            division_bits=a["division_bits"], offset=a["offset"], requant=rq,
+        )  # fmt: skip
+    if op == "ILayerNorm":
+        gamma, beta = _numpy_const(inputs[1]), _numpy_const(inputs[2])
+        _, s_c = intops.layernorm_bias(gamma, beta, gamma.shape[-1])
+        rq = Requant.to_scale(s_c, a["out_scale"], a["out_zero_point"], a["out_dtype"])
+        return emit(
+            bb, "layernorm", x, gamma=gamma, beta=beta, sqrt_start=a["sqrt_start"],
+            shift=a.get("shift", 0), requant=rq,
+        )  # fmt: skip
+    if op == "Requantize":
+        return _relax_codes(bb, bb.emit(_centered(x, a["zero_point"])), a["scale"], a)
+    if op == "QAdd":
+        parts = []
+        for tag, inp in zip("ab", inputs, strict=True):
+            rq = Requant.to_scale(a[f"{tag}_scale"], a["out_scale"], 0, "int64")
+            t = bb.emit(relax.op.multiply(_centered(inp, a[f"{tag}_zero_point"]),
+                                          relax.const(rq.b, "int64")))  # fmt: skip
+            parts.append(_relax_round_shift(bb, t, rq.c))
+        v = relax.op.add(
+            relax.op.add(parts[0], parts[1]), relax.const(a["out_zero_point"], "int64")
+        )
+        info = np.iinfo(a["out_dtype"])
+        return bb.emit(
+            relax.op.astype(relax.op.clip(v, int(info.min), int(info.max)), a["out_dtype"])
+        )
+    raise ValueError(f"unknown ai.edgec op {op!r}")
+
+
+class _Converter:
+    """What TVM's ONNX importer expects of a converter class."""
+
+    def __init__(self, op: str):
+        self.op = op
+
+    def get_converter(self, _opset: int):
+        def convert(bb, inputs, attrs, _params):
+            attrs = {k: v for k, v in attrs.items() if k != "tvm_custom"}
+            return convert_node(bb, self.op, list(inputs), attrs)
+
+        return convert
+
+
+@contextlib.contextmanager
+def converters():
+    """Let TVM's ONNX importer convert the ``ai.edgec`` nodes while the context is active
+    (0.27's ``from_onnx`` has no custom-converter argument; its table is patched)."""
+    from tvm.relax.frontend.onnx import onnx_frontend
+
+    from edgec.quant.ivit import OPS
+
+    original = onnx_frontend._get_convert_map
+
+    def patched():
+        table = dict(original())
+        table.update({op: _Converter(op) for op in OPS})
+        return table
+
+    onnx_frontend._get_convert_map = patched
+    try:
+        yield
+    finally:
+        onnx_frontend._get_convert_map = original

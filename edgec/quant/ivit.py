@@ -436,7 +436,7 @@ def _classify(g: _Graph, isl: _Island, scale: float, zp: int, code: str, opt: Op
         nice = 2.0 ** round(math.log2(k))  # 1, or 2 when fuse_batchnorm moved the * 0.5 out
         k = nice if abs(k / nice - 1) < 0.01 else k
         node = _make(
-            "ShiftGELU", [x_q], isl.q, scale=scale, zero_point=zp, factor=k,
+            "ShiftGELU", [x_q], isl.q, scale=scale, zero_point=zp, in_dtype=code, factor=k,
             division_bits=opt.gelu_division_bits, offset=opt.gelu_offset, **out,
         )  # fmt: skip
         return node, {"fit_residual": resid, "factor": k}
@@ -598,15 +598,9 @@ def gelu_table(attrs: Mapping) -> tuple[np.ndarray, int]:
     a = {k: _s(v) for k, v in attrs.items()}
     if a["offset"] != "element":
         raise ValueError("only the per-element ShiftGELU is a table")
-    info = np.iinfo(_code_of_scale_input(a))
+    info = np.iinfo(a["in_dtype"])
     codes = np.arange(info.min, info.max + 1)
     return run_node("ShiftGELU", [codes.reshape(1, -1)], a).ravel(), int(info.min)
-
-
-def _code_of_scale_input(a: Mapping) -> str:
-    return a.get(
-        "in_dtype", "int8" if a["zero_point"] < 128 and a["zero_point"] >= -128 else "uint8"
-    )
 
 
 def evaluate(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
