@@ -102,9 +102,14 @@ def _all_nodes(graph: onnx.GraphProto, prefix: str = ""):
 
 def unsupported_nodes(model: onnx.ModelProto) -> list[dict]:
     """Every node TVM's ONNX importer has no converter for (all of them, not only the first)."""
+    from edgec.quant.ivit import DOMAIN as EDGEC_DOMAIN
+    from edgec.quant.ivit import OPS as EDGEC_OPS
+
     known = set(_convert_map()) | {"Constant", "If"}
     found = []
     for prefix, node in _all_nodes(model.graph):
+        if node.domain == EDGEC_DOMAIN and node.op_type in EDGEC_OPS:
+            continue  # I-ViT integer nodes: converted by edgec.lower.ivit
         if node.domain not in _ONNX_DOMAINS or node.op_type not in known:
             found.append(
                 {
@@ -138,8 +143,10 @@ def to_relax(model: onnx.ModelProto):
     import tvm
     from tvm.relax.frontend.onnx import from_onnx
 
+    from edgec.lower import ivit
+
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), ivit.converters():
             warnings.simplefilter("ignore")
             return from_onnx(model, keep_params_in_input=False)
     except (
