@@ -12,7 +12,7 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -e ".[models,test]"
+	$(BIN)/pip install --quiet -e ".[models,search,test]"
 	touch $@
 
 demo: $(STAMP)

@@ -196,15 +196,16 @@ def _int8_options(f):
     default="none",
     show_default=True,
     help="Kernel knobs: none = template defaults; fast = time candidates on this machine within "
-    "--budget, biggest kernels first; full = every candidate, the top 3 timed again. Results "
-    "are cached (--tuning-db). MetaSchedule is out of scope for now.",
+    "--budget, biggest kernels first; full = every candidate, the top 3 timed again, then "
+    "TVM MetaSchedule on the costliest kernels while the budget lasts. Results are cached "
+    "(--tuning-db).",
 )
 @click.option(
     "--budget",
     type=float,
     default=None,
     metavar="SECONDS",
-    help="Time limit of the search [fast: 120; full: none].",
+    help="Time limit of the search [fast: 120; full: 1200].",
 )
 @click.option(
     "--tuning-db",

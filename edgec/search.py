@@ -13,7 +13,11 @@ of the same model measures nothing.
   order, the default first) when its share is spent; leftovers pass to the next kernels.
   Unmeasured kernels keep the default knobs.
 * ``full``: every candidate of every kernel, then the 3 fastest of each again with more repeats
-  (the more robust time decides). MetaSchedule is out of scope.
+  (the more robust time decides); then, with the budget left (20 min by default), TVM's
+  MetaSchedule tunes the kernels in order of their measured time share (most expensive first,
+  ``metaschedule.TRIALS`` trials each, kernels without a template included) and its best
+  schedules compete as candidates like any other: timed by the same timer, checked against the
+  default, cached (``edgec.lower.metaschedule``).
 
 Crash isolation: candidates are built and timed in this process (a build error or a template
 that declines the knobs is an exception and scores infinity). Candidates are schedules of the
@@ -46,6 +50,7 @@ from edgec import host
 
 MODES = ("none", "fast", "full")
 DEFAULT_BUDGET_S = 120.0  # fast
+DEFAULT_BUDGET_S_FULL = 1200.0  # full: templates, then MetaSchedule with what is left
 TOP_K = 3  # full: candidates timed again
 REFINE_REPEAT = 10  # full: repeats of the second timing pass
 RTOL = 1e-4  # wrong result: max |candidate - default| > RTOL x max |default|
@@ -244,6 +249,11 @@ class _Workload:
     cached: bool = False  # served from the cache entirely
 
     @property
+    def metascheduled(self) -> bool:
+        """MetaSchedule was tried (its candidates, or its failure, are in the results)."""
+        return any(_is_ms(c["knobs"]) for c in self.results.values())
+
+    @property
     def task(self):
         return self.tasks[0]
 
@@ -279,7 +289,7 @@ class Search:
             raise ValueError(f"search mode must be fast or full, not {mode!r}")
         self.mode = mode
         self.budget_s = budget_s if budget_s is not None else (
-            DEFAULT_BUDGET_S if mode == "fast" else None
+            DEFAULT_BUDGET_S if mode == "fast" else DEFAULT_BUDGET_S_FULL
         )  # fmt: skip
         self.db_path = Path(tuning_db) if tuning_db else default_db_path()
         self.threads, self.log = threads, log
@@ -291,6 +301,9 @@ class Search:
         self._cost = [0.0, 0]  # seconds spent timing candidates, and how many
         self.interrupted = False
         self.cache_error: str | None = None
+        self.metaschedule_runs = 0
+        self.metaschedule_skipped: str | None = None
+        self._ms_cost = 10.0  # seconds one MetaSchedule run takes at least (worker start-up)
 
     # the tune hook ---------------------------------------------------------------------------
 
@@ -304,9 +317,11 @@ class Search:
             w = groups.setdefault(task.workload, _Workload([], 0.0))
             w.tasks.append(task)
             w.weight += float(task.flops) * max(1, task.calls)
-        # biggest first; a kernel with a single candidate has nothing to choose
+        # biggest first; a kernel with a single candidate has nothing to choose (unless
+        # MetaSchedule offers more: full)
+        least = 1 if self.mode == "full" else 2
         self.workloads = sorted(
-            (w for w in groups.values() if len(w.task.space) > 1),
+            (w for w in groups.values() if len(w.task.space) >= least),
             key=lambda w: (-w.weight, w.task.name),
         )
         for w in self.workloads:
@@ -328,6 +343,8 @@ class Search:
             if todo:
                 measure.prepare(self.threads)
                 self._measure_all(todo, db, start)
+                if self.mode == "full" and not self.interrupted:
+                    self._metaschedule_all(todo, db, start)
         finally:
             if db is not None:
                 db.close()
@@ -354,14 +371,15 @@ class Search:
             space = {_canonical(k) for k in w.task.space}
             w.results = {
                 _canonical(c["knobs"]): c for c in entry["candidates"]
-                if _canonical(c["knobs"]) in space
+                if _canonical(c["knobs"]) in space or _is_ms(c["knobs"])
             }  # fmt: skip
             best = entry["best"]
-            if best is not None and _canonical(best) in space:
+            if best is not None and (_canonical(best) in space or _is_ms(best)):
                 w.best = best
                 w.verified.add(_canonical(best))
             w.refined = entry["refined"]
-            w.cached = w.best is not None and not w.todo() and (self.mode == "fast" or w.refined)
+            complete = self.mode == "fast" or (w.refined and w.metascheduled)
+            w.cached = w.best is not None and not w.todo() and complete
 
     def _measure_all(self, todo: list[_Workload], db: TuningDB | None, start: float) -> None:
         """Rounds over the workloads, biggest first: each gets a share of the budget left in
@@ -403,6 +421,64 @@ class Search:
             self.interrupted = True
         if self.interrupted:
             self.log("search: interrupted; compiling with the best knobs found so far")
+
+    def _metaschedule_all(self, todo: list[_Workload], db: TuningDB | None, start: float) -> None:
+        """full, after the templates: MetaSchedule on each workload not yet tried, in order of
+        measured time share (best ms x calls), while the budget lasts; its schedules are timed,
+        checked and stored like the templates' candidates."""
+        from edgec.lower import measure, metaschedule
+
+        reason = metaschedule.available()
+        if reason:
+            self.metaschedule_skipped = reason
+            self.log(f"search: MetaSchedule skipped: {reason}")
+            return
+        deadline = start + self.budget_s if self.budget_s is not None else math.inf
+        share = {id(w): w.score(w.best or w.task.default) * sum(t.calls for t in w.tasks)
+                 for w in todo}  # fmt: skip
+        pending = sorted(
+            (w for w in todo if not w.metascheduled),
+            key=lambda w: -share[id(w)] if math.isfinite(share[id(w)]) else 0.0,
+        )
+        for i, w in enumerate(pending, 1):
+            left = deadline - time.perf_counter()
+            if left < self._ms_cost:
+                self.log(f"search: budget spent; MetaSchedule skipped {len(pending) - i + 1} "
+                         f"kernel(s)")  # fmt: skip
+                return
+            t0 = time.perf_counter()
+            fresh: list[dict] = []
+            try:
+                try:
+                    found = metaschedule.tune(w.task.func, self.target, threads=self.threads)
+                except KeyboardInterrupt:
+                    raise
+                except Exception as e:  # scored as a failed candidate; the search goes on
+                    failed = {"knobs": {metaschedule.KEY: ""}, "ms": None, "error": _error(e)}
+                    w.results[_canonical(failed["knobs"])] = failed
+                    fresh.append(failed)
+                    found = []
+                for knobs in found:
+                    fresh.append(self._time(w, knobs, measure, repeat=REFINE_REPEAT))
+                    self.candidates_tried += 1
+                self._choose_best(w, measure)
+            except KeyboardInterrupt:
+                self.interrupted = True
+            finally:
+                self.metaschedule_runs += 1
+                self._ms_cost = max(self._ms_cost, 0.5 * (time.perf_counter() - t0))
+                if fresh:
+                    self._measured.add(w.key)
+                if db is not None and fresh:
+                    self._store(db, w, fresh)
+            best = w.score(w.best or w.task.default)
+            ms_best = min((c["ms"] for c in fresh if c.get("ms") is not None), default=math.inf)
+            self.log(f"search MetaSchedule {i}/{len(pending)} {w.label}: best of its schedules "
+                     f"{_ms(ms_best)}, chosen {_ms(best)}"
+                     + (" (MetaSchedule)" if w.best and _is_ms(w.best) else ""))  # fmt: skip
+            if self.interrupted:
+                self.log("search: interrupted; compiling with the best knobs found so far")
+                return
 
     @property
     def avg_cost(self) -> float:
@@ -516,7 +592,9 @@ class Search:
         w = self.by_kernel.get(name)
         if w is None or w.best is None or _canonical(default) != _canonical(w.task.default):
             return default  # not searched, nothing better, or another template is asking
-        if not any(_canonical(k) == _canonical(w.best) for k in [default, *space]):
+        if not _is_ms(w.best) and not any(
+            _canonical(k) == _canonical(w.best) for k in [default, *space]
+        ):
             return default
         return w.best
 
@@ -541,6 +619,12 @@ class Search:
             "cache_hits": sum(1 for w in self.workloads if w.cached),
             "workloads": len(self.workloads),
             "interrupted": self.interrupted,
+            **({"metaschedule_runs": self.metaschedule_runs} if self.mode == "full" else {}),
+            **(
+                {"metaschedule_skipped": self.metaschedule_skipped}
+                if self.metaschedule_skipped
+                else {}
+            ),  # fmt: skip
             "tuning_db": str(self.db_path),
             **({"cache_error": self.cache_error} if self.cache_error else {}),
         }
@@ -552,11 +636,26 @@ class Search:
             if w is None or rec.get("template") != w.task.template:
                 continue
             rec["candidates"] = [
-                {k: v for k, v in c.items() if k in ("knobs", "ms", "error", "refined")}
+                {k: _shown(v) if k == "knobs" else v for k, v in c.items()
+                 if k in ("knobs", "ms", "error", "refined")}
                 for c in sorted(w.results.values(), key=lambda c: c.get("ms") or math.inf)
-            ]
-            ms = w.score(rec.get("knobs", w.task.default))
+            ]  # fmt: skip
+            chosen = w.best if w.best is not None and _is_ms(w.best) else None
+            ms = w.score(chosen or rec.get("knobs", w.task.default))
             rec["ms"] = ms if math.isfinite(ms) else None
+
+
+def _is_ms(knobs: dict | None) -> bool:
+    """Knobs that are a MetaSchedule trace (or the record of its failure)."""
+    return bool(knobs) and "metaschedule" in knobs
+
+
+def _shown(knobs: dict) -> dict:
+    if not _is_ms(knobs):
+        return knobs
+    from edgec.lower import metaschedule
+
+    return metaschedule.label(knobs)
 
 
 def _ms(ms: float) -> str:

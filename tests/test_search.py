@@ -21,7 +21,7 @@ import pytest
 
 import edgec
 from edgec import search
-from edgec.lower import measure
+from edgec.lower import measure, metaschedule
 from tests.conftest import RNG_SEED, make_model
 
 SHAPE = {"x": (1, 3, 16, 16)}
@@ -57,7 +57,7 @@ class Fake:
     """Stands in for edgec.lower.measure: times from ``times(task, knobs)`` (seconds; an
     exception raises), outputs equal for every candidate unless ``wrong(task, knobs)``."""
 
-    def __init__(self, monkeypatch, times=None, wrong=None, sleep=0.0):
+    def __init__(self, monkeypatch, times=None, wrong=None, sleep=0.0, ms_found=None):
         self.calls: list[tuple[str, dict, dict]] = []  # (kernel, knobs, kwargs)
         self.checks: list[tuple[str, dict]] = []
         self.times = times or self.by_position
@@ -65,6 +65,16 @@ class Fake:
         self.sleep = sleep
         monkeypatch.setattr(measure, "measure", self.measure)
         monkeypatch.setattr(measure, "outputs", self.outputs)
+        self.metaschedule: list = []  # the PrimFuncs MetaSchedule was asked to tune
+        # what MetaSchedule returns (an exception: raised; by default it finds nothing)
+        self.ms_found = RuntimeError("fake: nothing found") if ms_found is None else ms_found
+        monkeypatch.setattr(metaschedule, "tune", self.tune)
+
+    def tune(self, func, target, **kw) -> list[dict]:
+        self.metaschedule.append(func)
+        if isinstance(self.ms_found, BaseException):
+            raise self.ms_found
+        return self.ms_found
 
     @staticmethod
     def by_position(task, knobs) -> float:
@@ -218,7 +228,7 @@ def test_full_times_the_top_three_again(conv_relu, tmp_path, monkeypatch, tasks_
     assert [knobs for knobs, _ in refined] == [space[-1], space[-2], space[-3]]
     assert all(kw["repeat"] == search.REFINE_REPEAT for _, kw in refined)
     assert len(fake.calls) == len(space) + 3
-    assert report["search"]["budget_s"] is None
+    assert report["search"]["budget_s"] == search.DEFAULT_BUDGET_S_FULL
     assert sum(bool(c.get("refined")) for c in k["candidates"]) == 3
     # a fast compile on top of a full entry is a cache hit; full on a fast entry only refines
     fake.calls.clear()
@@ -228,6 +238,83 @@ def test_full_times_the_top_three_again(conv_relu, tmp_path, monkeypatch, tasks_
     fake.calls.clear()
     compile_(conv_relu, tmp_path / "out4", tmp_path / "u.db", search_mode="full")
     assert len(fake.calls) == 3 and all(kw for _, _, kw in fake.calls)
+
+
+def test_full_adds_metaschedule_whose_schedule_can_win(conv_relu, tmp_path, monkeypatch):
+    trace = {"metaschedule": "FAKE-TRACE"}
+
+    def times(task, knobs):
+        return 1e-5 if "metaschedule" in knobs else 1e-3 / (1 + task.space.index(knobs))
+
+    fake = Fake(monkeypatch, times=times, ms_found=[trace])
+    replayed = []
+
+    def apply(func, t):  # a replayed trace: here the unscheduled function (correct, slow)
+        replayed.append(t)
+        return func
+
+    monkeypatch.setattr(metaschedule, "apply", apply)
+    report = compile_(conv_relu, tmp_path / "out", tmp_path / "t.db", search_mode="full")
+    (k,) = conv_kernels(report)
+    assert len(fake.metaschedule) == 1 and replayed == ["FAKE-TRACE"]
+    assert k["knobs"] == metaschedule.label(trace) and k["ms"] == pytest.approx(1e-2)
+    assert k["knobs"]["metaschedule"].startswith("trace sha256:")
+    assert any(c["knobs"] == k["knobs"] for c in k["candidates"])
+    assert ("conv", trace) in [("conv", knobs) for _, knobs in fake.checks]  # checked first
+    assert report["search"]["metaschedule_runs"] == 1
+    assert report["verification"]["passed"]
+    # cached: a second full compile tunes and measures nothing and replays the same trace
+    fake.calls.clear()
+    fake.metaschedule.clear()
+    again = compile_(conv_relu, tmp_path / "out2", tmp_path / "t.db", search_mode="full")
+    assert fake.calls == [] and fake.metaschedule == [] and replayed[-1] == "FAKE-TRACE"
+    assert conv_kernels(again)[0]["knobs"] == k["knobs"]
+
+
+def test_metaschedule_failure_scores_infinity_and_search_goes_on(conv_relu, tmp_path,
+                                                                 monkeypatch):  # fmt: skip
+    fake = Fake(monkeypatch, ms_found=RuntimeError("builder crashed"))
+    report = compile_(conv_relu, tmp_path / "out", tmp_path / "t.db", search_mode="full")
+    (k,) = conv_kernels(report)
+    assert fake.metaschedule and "metaschedule" not in k["knobs"]
+    failed = [c for c in k["candidates"] if "metaschedule" in c["knobs"]]
+    assert failed == [{"knobs": {"metaschedule": ""}, "ms": None,
+                       "error": "RuntimeError: builder crashed"}]  # fmt: skip
+    # the failure is cached too: the next full compile does not try again
+    fake.metaschedule.clear()
+    compile_(conv_relu, tmp_path / "out2", tmp_path / "t.db", search_mode="full")
+    assert fake.metaschedule == []
+
+
+def test_fast_never_runs_metaschedule(conv_relu, tmp_path, monkeypatch):
+    fake = Fake(monkeypatch, ms_found=[{"metaschedule": "X"}])
+    report = compile_(conv_relu, tmp_path / "out", tmp_path / "t.db")
+    assert fake.metaschedule == [] and "metaschedule_runs" not in report["search"]
+
+
+def test_metaschedule_tunes_a_real_kernel(conv_relu, tmp_path):
+    """TVM's MetaSchedule on one small conv kernel (2 trials): its schedules replay and compute
+    what the template's default computes."""
+    from tvm import relax
+
+    from edgec import frontend, lower, targets
+
+    target = targets.get("x86_64")
+    tj = lower.target_json(target, 2)
+    tvm = lower._tvm()
+    model = frontend.import_model(conv_relu, {"x": (1, 3, 16, 16)}).model
+    with tvm.target.Target(tj):
+        mod = relax.get_pipeline("zero")(lower.to_relax(model))
+    (task,) = [t for t in measure.kernel_tasks(mod, lower.vector_lanes(target))
+               if t.template == "conv2d"]  # fmt: skip
+    found = metaschedule.tune(task.func, tj, trials=2, threads=2)
+    assert 1 <= len(found) <= metaschedule.TOP_K
+    measure.prepare(2)
+    want = measure.outputs(task, task.default, tj)
+    for knobs in found:
+        got = measure.outputs(task, knobs, tj)
+        assert search._compare(got, want) is None
+        assert measure.measure(task, knobs, tj, repeat=1, min_repeat_ms=1) > 0
 
 
 def test_budget_cuts_candidates_and_the_rest_keeps_defaults(

@@ -215,7 +215,9 @@ def _timed_lib(task: Task, knobs: dict, tgt):
     from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 
     tvm = _tvm()
-    scheduled = _template(task.template).apply(task.func, task.info, knobs)
+    from edgec.lower import schedules
+
+    scheduled = schedules.apply_knobs(_template(task.template), task.func, task.info, knobs)
     mod = tvm.IRModule({"main": scheduled.with_attr("global_symbol", "main")})
     with tgt:
         mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
@@ -247,7 +249,9 @@ def outputs(task: Task, knobs: dict, target: dict, *, seed: int = 0) -> list[np.
     weight-packing block kept), to compare candidates of one task. Raises on any failure."""
     tvm = _tvm()
     tgt = tvm.target.Target(target)
-    scheduled = _template(task.template).apply(task.func, task.info, knobs)
+    from edgec.lower import schedules
+
+    scheduled = schedules.apply_knobs(_template(task.template), task.func, task.info, knobs)
     mod = tvm.IRModule({"main": scheduled.with_attr("global_symbol", "main")})
     with tgt:
         lib = tvm.tirx.build(mod, target=tgt)

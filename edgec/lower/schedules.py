@@ -443,6 +443,24 @@ def tvm_op(name: str):
     return tvm.ir.Op.get(name)
 
 
+def apply_knobs(template, func, info: dict, knobs: Knobs):
+    """``func`` scheduled by ``template`` with ``knobs``, or by replaying a MetaSchedule trace
+    when the knobs are one (``edgec.lower.metaschedule``: candidates of ``--search full``)."""
+    if "metaschedule" in knobs:
+        from edgec.lower import metaschedule
+
+        return metaschedule.apply(func, knobs["metaschedule"])
+    return template.apply(func, info, knobs)
+
+
+def _label(knobs: Knobs) -> Knobs:
+    if "metaschedule" not in knobs:
+        return knobs
+    from edgec.lower import metaschedule
+
+    return metaschedule.label(knobs)
+
+
 def apply_all(
     mod, lanes: int, choose: Callable[[str, dict, list[Knobs], Knobs], Knobs] | None = None
 ) -> tuple[object, list[dict]]:
@@ -468,7 +486,7 @@ def apply_all(
                     if choose
                     else default
                 )
-                mod[gv] = template.apply(func, info, knobs)
+                mod[gv] = apply_knobs(template, func, info, knobs)
             except (Decline, s_tir.ScheduleError) as e:
                 record.setdefault("declined", []).append(f"{template.name}: {str(e)[-300:]}")
                 continue
@@ -477,7 +495,7 @@ def apply_all(
                     f"{template.name}: internal error {type(e).__name__}: {str(e)[-300:]}"
                 )
                 continue
-            record.update(template=template.name, knobs=knobs, flops=info["flops"])
+            record.update(template=template.name, knobs=_label(knobs), flops=info["flops"])
             break
         records.append(record)
     return mod, records
