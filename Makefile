@@ -27,7 +27,7 @@ test: $(STAMP) chromium
 # with other setup steps, hence the lock. Skipped when chromium is already installed.
 chromium:
 	@command -v chromium >/dev/null || flock /tmp/edgec-apt.lock sh -c \
-	  'command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)'
+	  'command -v chromium >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)'
 
 lint: $(STAMP)
 	$(BIN)/ruff check edgec tests bench
