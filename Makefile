@@ -27,7 +27,7 @@ test: $(STAMP) chromium cross-toolchain
 # with other setup steps, hence the lock. Skipped when chromium is already installed.
 chromium:
 	@command -v chromium >/dev/null || flock /tmp/edgec-apt.lock sh -c \
-	  'command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)'
+	  'command -v chromium >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)'
 
 # The arm64 cross toolchain and qemu-user (deploy bundles, emulated verification); Debian packages.
 CROSS_PKGS := g++-aarch64-linux-gnu qemu-user

@@ -336,10 +336,11 @@ def optimize(obj: _Context, model, output, input_shapes, force, skip_pass, only_
     Input shapes are pinned (static) in OUT.onnx."""
     from edgec import api, frontend
 
-    result = api.optimize(
-        model, output, input_shapes=frontend.parse_input_shapes(input_shapes), force=force,
-        skip_passes=skip_pass, only_passes=only_pass, seed=seed, log=obj.log,
-    )  # fmt: skip
+    with _stdout_reserved(as_json):
+        result = api.optimize(
+            model, output, input_shapes=frontend.parse_input_shapes(input_shapes), force=force,
+            skip_passes=skip_pass, only_passes=only_pass, seed=seed, log=obj.log,
+        )  # fmt: skip
     if as_json:
         click.echo(json.dumps(result.passes, indent=2, default=artifact._jsonable))
         return

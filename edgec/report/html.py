@@ -26,7 +26,12 @@ figure { margin: 1em 0; } figure svg { max-width: 100%; height: auto; }
 p.note { color: #555; font-size: 12px; white-space: pre-wrap; }
 """
 
-PLOTS = {"latency": plots.latency, "kernels": plots.kernels, "roofline": plots.roofline}
+PLOTS = {
+    "latency": plots.latency,
+    "kernels": plots.kernels,
+    "roofline": plots.roofline,
+    "efficiency": plots.efficiency,
+}
 
 
 def _cell(text: str) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import re
 
-__all__ = ["kernels", "latency", "roofline"]
+__all__ = ["efficiency", "kernels", "latency", "roofline"]
 
 COLORS = {"edgec": "#1f77b4", "onnxruntime": "#ff7f0e"}
 TEMPLATE_COLORS = {"conv2d": "#1f77b4", "matmul": "#2ca02c", "generic": "#9467bd", None: "#7f7f7f"}
@@ -124,4 +124,29 @@ def roofline(report: dict) -> str | None:
     ax.set_title("Roofline: the efficiency gap per kernel (size: share of time)")
     ax.legend(handles=[*ax.get_legend_handles_labels()[0], *_template_legend(rows)], fontsize=7,
               loc="lower right")  # fmt: skip
+    return _svg(fig)
+
+
+def efficiency(report: dict, top: int = 15) -> str | None:
+    """Per kernel (slowest first): achieved GFLOP/s over its roof and over the machine's peak."""
+    peak = report.get("peak")
+    rows = [k for k in report.get("kernels", []) if k.get("roof_gflops") and k.get("gflops")]
+    if not (peak and rows):
+        return None
+    rows = sorted(rows, key=lambda k: -k.get("profile_ms", 0))[:top]
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 0.8 + 0.28 * len(rows)))
+    y = range(len(rows))
+    ax.barh(y, [peak["gflops"]] * len(rows), color="#eeeeee", label="machine peak")
+    ax.barh(y, [k["roof_gflops"] for k in rows], color="#c6dbef", label="roof at its intensity")
+    ax.barh(y, [k["gflops"] for k in rows], height=0.5,
+            color=[TEMPLATE_COLORS.get(k.get("template"), "#7f7f7f") for k in rows],
+            label="achieved")  # fmt: skip
+    for i, k in enumerate(rows):
+        ax.text(k["gflops"], i, f" {k['roof_fraction']:.0%}", va="center", fontsize=6)
+    ax.set_yticks(list(y), [k["kernel"] for k in rows], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("GFLOP/s (label: achieved / roof)")
+    ax.set_title("Efficiency gap per kernel: achieved vs roof vs peak")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _svg(fig)

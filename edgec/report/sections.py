@@ -138,7 +138,8 @@ def _kernels(r: dict) -> Section | None:
     ks = r.get("kernels") or []
     if not ks:
         return None
-    s = Section("kernels", "Kernels: time and efficiency", plots=["kernels", "roofline"],
+    s = Section("kernels", "Kernels: time and efficiency",
+                plots=["kernels", "roofline", "efficiency"],
                 headers=["kernel", "template", "ms", "calls", "GFLOP/s", "of peak", "FLOP/byte",
                          "roof GFLOP/s", "of roof", "bound"])  # fmt: skip
     order = sorted(ks, key=lambda k: -(k.get("profile_ms") or 0))

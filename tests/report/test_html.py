@@ -20,7 +20,7 @@ def test_compile_writes_a_self_contained_html(artifact):
     report = json.loads((artifact / "report.json").read_text())
     for s in SECTIONS:
         assert f'<section id="{s}">' in page
-    for plot in ("latency", "kernels", "roofline"):
+    for plot in ("latency", "kernels", "roofline", "efficiency"):
         assert f'<figure id="plot-{plot}" class="plot"><svg' in page
     # nothing to fetch: no scripts, stylesheets, or resources by URL
     assert "<script" not in page and "<link" not in page and "<img" not in page
@@ -73,9 +73,9 @@ def test_screenshot_in_headless_chromium(artifact, tmp_path):
     dom = subprocess.run([*flags, "--dump-dom", page], capture_output=True, text=True,
                          timeout=120).stdout  # fmt: skip
     assert '<section id="summary">' in dom and "accuracy vs onnxruntime" in dom
-    for title in ("Latency distribution", "Time per kernel", "Roofline"):
+    for title in ("Latency distribution", "Time per kernel", "Roofline", "Efficiency gap"):
         assert title in dom
-    assert dom.count("<svg") >= 3
+    assert dom.count("<svg") >= 4
     shot = Path(__file__).resolve().parents[2] / "build" / "report-screenshot.png"
     shot.parent.mkdir(exist_ok=True)
     subprocess.run([*flags, f"--screenshot={shot.resolve()}", "--window-size=1200,2400", page],
