@@ -17,7 +17,7 @@ from edgec.frontend import TensorSpec
 # int8 is compared with the fp32 model, so quantization error is expected: a loose scaled error
 # (gross failures) and a floor on the worst per-sample cosine (MIN_COSINE) on real samples.
 TOLERANCE = {"fp32": 1e-4, "int8": 0.25}
-MIN_COSINE = {"int8": 0.99}
+MIN_COSINE = {"int8": 0.98}
 INT8_VERIFY_SAMPLES = 16  # samples the int8 artifact runs for verification
 
 
