@@ -24,7 +24,7 @@ import onnx
 
 from edgec.errors import InvalidInputError
 from edgec.frontend import TensorSpec
-from edgec.quant import accuracy, calibrate
+from edgec.quant import accuracy, calibrate, mixed
 
 __all__ = ["AUTO", "Int8Options", "QuantResult", "quantize", "quantize_static"]
 
@@ -88,6 +88,7 @@ def quantize(
     *,
     source: onnx.ModelProto | None = None,
     verify_samples: Sequence[Mapping[str, np.ndarray]] | None = None,
+    layer_latency: mixed.Latency | None = None,
     seed: int = 0,
     log: Log = lambda _: None,
 ) -> QuantResult:
@@ -95,9 +96,10 @@ def quantize(
 
     ``source`` is the imported model before the passes: its BatchNormalization statistics feed
     the data-free steps. Accuracy is measured on ``verify_samples`` when given, else on the
-    first calibration samples, against the fp32 ``model``.
+    first calibration samples, against the fp32 ``model``. ``layer_latency(node) -> (fp32_ms,
+    int8_ms)`` gives ``--keep-float auto`` measured kernel times instead of its roofline proxy.
     """
-    from edgec.quant import dfq, mixed
+    from edgec.quant import dfq
 
     options.check()
     model = _named(model)
@@ -139,7 +141,7 @@ def quantize(
                                Path(tmp), log)  # fmt: skip
         if options.keep_float == AUTO:
             exclude, section["mixed_precision"] = mixed.choose(
-                model, quantizer, samples, reference, log=log
+                model, quantizer, samples, reference, latency=layer_latency, log=log
             )
         qdq = quantizer(exclude)
     if options.dfq:
