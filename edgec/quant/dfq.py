@@ -399,14 +399,15 @@ def _change(before: onnx.ModelProto, after: onnx.ModelProto, samples: Sequence[d
 # ------------------------------------------------------------------------------- apply
 
 
-def _clipped_fraction(pairs: Sequence[_Pair], stats: Stats) -> float:
+def _clipped_fraction(pairs: Sequence[_Pair], stats: Stats) -> float | None:
     """The largest mean (over channels) P(z > 6), z ~ N(beta, gamma^2), over the ReLU6s of
-    ``pairs`` whose conv has BN statistics."""
-    worst = 0.0
+    ``pairs`` whose conv has BN statistics (None: no statistics)."""
+    worst = None
     for p in pairs:
         if p.act is not None and p.act.op_type == "Clip" and _key(p.l1) in stats:
             beta, gamma = stats[_key(p.l1)]
-            worst = max(worst, float(np.mean(1 - _cdf((6.0 - beta) / np.maximum(gamma, 1e-12)))))
+            frac = float(np.mean(1 - _cdf((6.0 - beta) / np.maximum(gamma, 1e-12))))
+            worst = frac if worst is None else max(worst, frac)
     return worst
 
 
@@ -442,8 +443,12 @@ def apply(
         else:  # data-free: the share of activations above 6 that BN statistics predict
             frac = _clipped_fraction(pairs, bn)
             step["expected_clipped_fraction"] = frac
-            keep = frac <= RELU6_MAX_CLIPPED
-            why = f"BatchNorm statistics predict {100 * frac:.3g}% of activations above 6"
+            keep = frac is None or frac <= RELU6_MAX_CLIPPED
+            why = (
+                "no data and no BatchNorm statistics: replaced as in the paper"
+                if frac is None
+                else f"BatchNorm statistics predict {100 * frac:.3g}% of activations above 6"
+            )
         step["status"] = "applied" if keep else "reverted"
         if keep:
             model = relu6
