@@ -14,12 +14,10 @@ from edgec.errors import EdgecError, InvalidInputError
 from edgec.frontend import TensorSpec
 
 # Default --tolerance per precision: the largest allowed max|edgec - ort| / max|ort| per output.
-# int8: a QDQ model compiled as it is is compared with the same QDQ model in onnxruntime (integer
-# requantization vs float rounding: a few LSBs). --int8 compares with the fp32 model, so
-# quantization error is expected: a loose scaled error (gross failures) and a floor on the worst
-# per-sample cosine (MIN_COSINE) on real samples.
-TOLERANCE = {"fp32": 1e-4, "int8": 0.05, "int8_vs_fp32": 0.25}
-MIN_COSINE = {"int8": 0.99}
+TOLERANCE = {"fp32": 1e-4, "int8": 0.05}  # int8: integer requantization vs float rounding
+# --int8 also checks accuracy against the fp32 model: the worst per-sample cosine, on the
+# calibration samples (quantization error is expected, so no fp32-style tolerance applies).
+MIN_COSINE = {"int8": 0.98}
 INT8_VERIFY_SAMPLES = 16  # samples the int8 artifact runs for verification
 
 

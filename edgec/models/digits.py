@@ -62,7 +62,17 @@ def _build(name: str):
             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10),
         )  # fmt: skip
     if name == "digits_mobilenet":
-        return _MobileNet()
+
+        class MobileNet(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.stem, self.down, self.block, self.head = _mobilenet_layers()
+
+            def forward(self, x):
+                x = self.down(self.stem(x))
+                return self.head(x + self.block(x))  # the inverted residual
+
+        return MobileNet()
     raise ValueError(f"unknown digits model {name!r}; known: {', '.join(NAMES)}")
 
 
@@ -85,25 +95,6 @@ def _mobilenet_layers():
     )  # fmt: skip
     head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(48, 10))
     return stem, down, block, head
-
-
-def _module_class():
-    from torch import nn
-
-    class MobileNet(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.stem, self.down, self.block, self.head = _mobilenet_layers()
-
-        def forward(self, x):
-            x = self.down(self.stem(x))
-            return self.head(x + self.block(x))
-
-    return MobileNet
-
-
-def _MobileNet():  # noqa: N802 - a constructor
-    return _module_class()()
 
 
 def train(name: str, *, epochs: int = 15, seed: int = 0, log=print):

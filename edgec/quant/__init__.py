@@ -24,7 +24,7 @@ import onnx
 
 from edgec.errors import InvalidInputError
 from edgec.frontend import TensorSpec
-from edgec.quant import accuracy, calibrate
+from edgec.quant import accuracy, calibrate, mixed
 
 __all__ = ["AUTO", "Int8Options", "QuantResult", "quantize", "quantize_static"]
 
@@ -88,6 +88,7 @@ def quantize(
     *,
     source: onnx.ModelProto | None = None,
     verify_samples: Sequence[Mapping[str, np.ndarray]] | None = None,
+    layer_latency: mixed.Latency | None = None,
     seed: int = 0,
     log: Log = lambda _: None,
 ) -> QuantResult:
@@ -95,12 +96,21 @@ def quantize(
 
     ``source`` is the imported model before the passes: its BatchNormalization statistics feed
     the data-free steps. Accuracy is measured on ``verify_samples`` when given, else on the
-    first calibration samples, against the fp32 ``model``.
+    first calibration samples, against the fp32 ``model``. ``layer_latency(node) -> (fp32_ms,
+    int8_ms)`` gives ``--keep-float auto`` measured kernel times instead of its roofline proxy.
     """
-    from edgec.quant import dfq, mixed
+    from edgec.quant import dfq
 
     options.check()
     model = _named(model)
+    exclude = options.keep_float_names
+    unknown = sorted(set(exclude) - {n.name for n in model.graph.node})
+    if unknown:
+        known = ", ".join(n.name for n in weight_layers(model))
+        raise InvalidInputError(
+            f"--keep-float: no node named {', '.join(map(repr, unknown))} (quantized layers: "
+            f"{known})"
+        )
     warnings: list[str] = []
     calib = options.calib or calibrate.SYNTHETIC
     calib_set = calibrate.load(calib, inputs, samples=options.calib_samples,
@@ -110,8 +120,7 @@ def quantize(
         warnings.append(calibrate.SYNTHETIC_WARNING)
         log(calibrate.SYNTHETIC_WARNING)
     samples = [dict(s) for s in (verify_samples or calib_set.samples[:ACCURACY_SAMPLES])]
-    fp32 = model
-    reference = accuracy.run_all(accuracy.ort_runner(fp32), samples)
+    reference = accuracy.run_all(accuracy.ort_runner(model), samples)  # fp32, before DFQ
     section: dict = {
         "format": "QDQ",
         "tool": "onnxruntime.quantization.quantize_static",
@@ -126,20 +135,12 @@ def quantize(
                                           probe=calib_set.samples[:8], log=log)  # fmt: skip
     model, overrides, section["repq_vit"] = _repq_vit(model, calib_set.samples[:32], log)
     layers = weight_layers(model)
-    exclude = options.keep_float_names
-    unknown = sorted(set(exclude) - {n.name for n in model.graph.node})
-    if unknown:
-        known = ", ".join(n.name for n in layers)
-        raise InvalidInputError(
-            f"--keep-float: no node named {', '.join(map(repr, unknown))} (quantized layers: "
-            f"{known})"
-        )
     with tempfile.TemporaryDirectory(prefix="edgec-quant-") as tmp:
         quantizer = _Quantizer(model, calib_set.samples, options.calib_method, overrides,
                                Path(tmp), log)  # fmt: skip
         if options.keep_float == AUTO:
             exclude, section["mixed_precision"] = mixed.choose(
-                model, quantizer, samples, reference, log=log
+                model, quantizer, samples, reference, latency=layer_latency, log=log
             )
         qdq = quantizer(exclude)
     if options.dfq:
@@ -163,7 +164,9 @@ def quantize(
 
 
 def _samples_label(calib: calibrate.CalibrationSet) -> str:
-    return f"calibration samples ({'synthetic: ' if calib.synthetic else ''}{calib.source})"
+    if calib.synthetic:
+        return "synthetic calibration samples (seeded N(0, 1))"
+    return f"calibration samples ({calib.source})"
 
 
 def _accuracy_line(acc: dict) -> str:

@@ -124,13 +124,17 @@ def bn_stats(model: onnx.ModelProto) -> Stats:
 # ---------------------------------------------------------------------------------- pairs
 
 
+# Per-channel positively homogeneous ops that may sit between L1 and L2 (besides Relu / ReLU6).
+_POOLS = ("MaxPool", "GlobalAveragePool", "Flatten")
+
+
 class _Pair:
-    """L1 -> [Relu | ReLU6] [MaxPool] -> L2: ``between`` are the nodes in between, ``act`` the
+    """L1 -> [Relu | ReLU6] [pooling] -> L2: ``between`` are the nodes in between, ``act`` the
     activation among them (if any)."""
 
     def __init__(self, l1: onnx.NodeProto, between: list[onnx.NodeProto], l2: onnx.NodeProto):
         self.l1, self.between, self.l2 = l1, between, l2
-        acts = [n for n in between if n.op_type != "MaxPool"]
+        acts = [n for n in between if n.op_type not in _POOLS]
         self.act = acts[0] if acts else None
 
     def label(self) -> str:
@@ -138,11 +142,17 @@ class _Pair:
 
 
 def _conv_kind(g: _Graph, node: onnx.NodeProto) -> str | None:
-    """'full' (group 1), 'depthwise' (one input channel per group), or None."""
-    if node.op_type != "Conv" or not g.private_weight(node, 1):
+    """'full' (group-1 Conv, or a Gemm y = x W^T + b), 'depthwise' (one input channel per
+    group), or None."""
+    if node.op_type not in ("Conv", "Gemm") or not g.private_weight(node, 1):
         return None
     if len(node.input) > 2 and node.input[2] and not g.private_weight(node, 2):
         return None
+    if node.op_type == "Gemm":
+        plain = _attr(node, "alpha", 1.0) == 1.0 and _attr(node, "beta", 1.0) == 1.0
+        return (
+            "full" if plain and not _attr(node, "transA", 0) and _attr(node, "transB", 0) else None
+        )
     w = g.const(node.input[1])
     group = _attr(node, "group", 1)
     if group == 1:
@@ -160,32 +170,48 @@ def _is_relu6(g: _Graph, node: onnx.NodeProto) -> bool:
     return lo is not None and hi is not None and float(lo) == 0.0 and float(hi) == 6.0
 
 
+def _passes_channels(g: _Graph, node: onnx.NodeProto, between: list[onnx.NodeProto]) -> bool:
+    """``node`` maps channel i to channel i and commutes with a positive per-channel scale."""
+    if len(node.output) != 1:
+        return False
+    if node.op_type == "Flatten":  # [N, C, 1, 1] -> [N, C] only (right after a global pool)
+        return (
+            bool(between)
+            and between[-1].op_type == "GlobalAveragePool"
+            and (_attr(node, "axis", 1) == 1)
+        )
+    return node.op_type in ("Relu", "MaxPool", "GlobalAveragePool") or _is_relu6(g, node)
+
+
 def find_pairs(model: onnx.ModelProto) -> tuple[list[_Pair], list[str]]:
-    """Equalizable ``Conv -> [Relu | ReLU6] [MaxPool] -> Conv`` pairs (both in between are
-    positively homogeneous per channel), and near-misses with reasons."""
+    """Equalizable ``Conv -> [Relu | ReLU6] [MaxPool | GlobalAveragePool + Flatten] ->
+    Conv | Gemm`` pairs and ``Gemm -> [Relu] -> Gemm`` (everything in between is positively
+    homogeneous per channel), and near-misses with reasons."""
     g = _Graph(model)
     pairs, declined = [], []
     for l1 in model.graph.node:
-        if l1.op_type != "Conv":
+        if l1.op_type not in ("Conv", "Gemm"):
             continue
         between: list[onnx.NodeProto] = []
         nxt = g.single_consumer(l1.output[0])
-        while (
-            nxt is not None
-            and len(between) < 2
-            and (nxt.op_type in ("Relu", "MaxPool") or _is_relu6(g, nxt))
-            and len(nxt.output) == 1
-        ):
+        while nxt is not None and len(between) < 4 and _passes_channels(g, nxt, between):
             between.append(nxt)
             nxt = g.single_consumer(nxt.output[0])
-        if nxt is None or nxt.op_type != "Conv":
+        if nxt is None or nxt.op_type not in ("Conv", "Gemm"):
             continue
-        if sum(n.op_type != "MaxPool" for n in between) > 1:
+        if sum(n.op_type not in _POOLS for n in between) > 1:
+            continue
+        if (
+            nxt.op_type == "Gemm"
+            and l1.op_type == "Conv"
+            and not any(n.op_type == "Flatten" for n in between)
+        ):
             continue
         k1, k2 = _conv_kind(g, l1), _conv_kind(g, nxt)
         if k1 is None or k2 is None:
             declined.append(
-                f"{_key(l1)} -> {_key(nxt)}: grouped conv or shared/non-constant weight"
+                f"{_key(l1)} -> {_key(nxt)}: grouped conv, Gemm with transA/alpha/beta/no "
+                "transB, or shared/non-constant weight"
             )
             continue
         pairs.append(_Pair(l1, between, nxt))
@@ -373,14 +399,15 @@ def _change(before: onnx.ModelProto, after: onnx.ModelProto, samples: Sequence[d
 # ------------------------------------------------------------------------------- apply
 
 
-def _clipped_fraction(pairs: Sequence[_Pair], stats: Stats) -> float:
+def _clipped_fraction(pairs: Sequence[_Pair], stats: Stats) -> float | None:
     """The largest mean (over channels) P(z > 6), z ~ N(beta, gamma^2), over the ReLU6s of
-    ``pairs`` whose conv has BN statistics."""
-    worst = 0.0
+    ``pairs`` whose conv has BN statistics (None: no statistics)."""
+    worst = None
     for p in pairs:
         if p.act is not None and p.act.op_type == "Clip" and _key(p.l1) in stats:
             beta, gamma = stats[_key(p.l1)]
-            worst = max(worst, float(np.mean(1 - _cdf((6.0 - beta) / np.maximum(gamma, 1e-12)))))
+            frac = float(np.mean(1 - _cdf((6.0 - beta) / np.maximum(gamma, 1e-12))))
+            worst = frac if worst is None else max(worst, frac)
     return worst
 
 
@@ -416,8 +443,12 @@ def apply(
         else:  # data-free: the share of activations above 6 that BN statistics predict
             frac = _clipped_fraction(pairs, bn)
             step["expected_clipped_fraction"] = frac
-            keep = frac <= RELU6_MAX_CLIPPED
-            why = f"BatchNorm statistics predict {100 * frac:.3g}% of activations above 6"
+            keep = frac is None or frac <= RELU6_MAX_CLIPPED
+            why = (
+                "no data and no BatchNorm statistics: replaced as in the paper"
+                if frac is None
+                else f"BatchNorm statistics predict {100 * frac:.3g}% of activations above 6"
+            )
         step["status"] = "applied" if keep else "reverted"
         if keep:
             model = relu6
@@ -489,14 +520,17 @@ def relu_mean(beta: np.ndarray, gamma: np.ndarray) -> np.ndarray:
 
 
 def _analytic_mean(g: _Graph, tensor: str, stats: Stats) -> np.ndarray | None:
-    """E[x] of ``tensor`` from BN statistics: BN output, ReLU or ReLU6 of it."""
+    """E[x] per channel of ``tensor`` from BN statistics: a BN output, ReLU or ReLU6 of one,
+    possibly behind GlobalAveragePool / Flatten (which keep per-channel means)."""
     node = g.producer.get(tensor)
     if node is None:
         return None
-    if node.op_type == "Conv" and _key(node) in stats:
+    if node.op_type in ("GlobalAveragePool", "Flatten"):
+        return _analytic_mean(g, node.input[0], stats)
+    if node.op_type in ("Conv", "Gemm") and _key(node) in stats:
         return stats[_key(node)][0]
     src = g.producer.get(node.input[0]) if node.input else None
-    if src is None or src.op_type != "Conv" or _key(src) not in stats:
+    if src is None or src.op_type not in ("Conv", "Gemm") or _key(src) not in stats:
         return None
     beta, gamma = stats[_key(src)]
     if node.op_type == "Relu":

@@ -139,3 +139,40 @@ def test_bias_correction_reduces_the_systematic_error(digits, data, tmp_path):
     assert len(report["layers"]) >= 7
     before, after = _bias_error(base.model, fp32, held_out), _bias_error(corrected, fp32, held_out)
     assert after < 0.8 * before, (before, after)
+
+
+def test_cle_through_global_pool_into_gemm_and_between_gemms():
+    rng = np.random.default_rng(11)
+    wc = rng.standard_normal((6, 3, 3, 3)).astype(np.float32)
+    wc *= np.logspace(-1.5, 1, 6, dtype=np.float32)[:, None, None, None]
+    model = make_model(
+        """
+        <ir_version: 9, opset_import: ["" : 17]>
+        head (float[1,3,5,5] x) => (float[1,4] y) {
+            c = Conv <pads = [1, 1, 1, 1]> (x, Wc, Bc)
+            r = Relu (c)
+            g = GlobalAveragePool (r)
+            f = Flatten (g)
+            h = Gemm <transB = 1> (f, W1, B1)
+            rh = Relu (h)
+            y = Gemm <transB = 1> (rh, W2, B2)
+        }
+        """,
+        Wc=wc,
+        Bc=rng.standard_normal(6).astype(np.float32),
+        W1=(rng.standard_normal((7, 6)) * np.logspace(-1, 1, 7)[:, None]).astype(np.float32),
+        B1=rng.standard_normal(7).astype(np.float32),
+        W2=rng.standard_normal((4, 7)).astype(np.float32),
+        B2=rng.standard_normal(4).astype(np.float32),
+    )
+    pairs, _ = dfq.find_pairs(model)
+    assert [p.label() for p in pairs] == [
+        "c -> Relu -> GlobalAveragePool -> Flatten -> h",  # unnamed nodes: their outputs
+        "h -> Relu -> y",
+    ]
+    out, _ = dfq.equalize(model, pairs, {})
+    feeds = {"x": rng.standard_normal((1, 3, 5, 5)).astype(np.float32)}
+    want, got = run_ort(model, feeds)[0], run_ort(out, feeds)[0]
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+    w = _ranges(out)
+    np.testing.assert_allclose(np.abs(w["W1"]).max(1), np.abs(w["W2"]).max(0), rtol=1e-3)

@@ -69,7 +69,9 @@ def test_compile_int8_end_to_end(cli, tmp_path, digits):
     assert manifest["precision"] == report["precision"] == "int8"
     assert report["quantization"]["calibration"]["samples"] == 48
     assert report["quantization"]["calibration"]["method"] == "percentile"
-    assert report["verification"]["passed"] and report["verification"]["min_cosine"] > 0.99
+    v = report["verification"]
+    assert v["passed"] and v["vs_fp32"]["min_cosine"] > 0.99  # accuracy
+    assert v["scaled_err"] <= 0.05 and v["tolerance"] == 0.05  # the lowering vs QDQ semantics
     assert report["accuracy"]["top1_agreement"] > 0.95 and not report["warnings"]
     qdq = onnx.load(out / "model.onnx")
     assert sum(n.op_type == "DequantizeLinear" for n in qdq.graph.node) >= 8
@@ -109,3 +111,36 @@ def test_bad_int8_usage_exits_2(cli, tmp_path, args, match):
     r = cli("compile", model_path("digits_cnn"), "-o", out, "--no-bench", *args)
     assert r.code == 2 and match in r.err, r.err
     assert not out.exists()
+
+
+def test_png_calibration_matches_array_calibration(fp32_models, digits, calib_npz, tmp_path):
+    """The digits as 8-bit PNGs, preprocessed back to the model's scale by --calib-preprocess:
+    the same samples up to 8-bit rounding, and int8 top-1 within 0.5 points of fp32."""
+    from PIL import Image
+
+    x_train, _, x_test, y_test = digits
+    for i in range(100):  # model input (p/16 - 0.5)/0.5  ->  8-bit grey p*255/16
+        pixels = np.round((x_train[i, 0] * 0.5 + 0.5) * 255).astype(np.uint8)
+        Image.fromarray(pixels, "L").save(tmp_path / f"{i:03d}.png")
+    imported, fp32 = fp32_models["digits_cnn"]
+    images = quantize(fp32, imported.inputs, Int8Options(
+        calib=str(tmp_path), calib_preprocess="mean=0.5,std=0.5,layout=NCHW"))  # fmt: skip
+    arrays = quantize(fp32, imported.inputs, Int8Options(calib=str(calib_npz)))
+    assert images.calibration.kind == "images" and len(images.calibration.samples) == 100
+    np.testing.assert_allclose(
+        images.calibration.samples[7]["input"], x_train[7:8], atol=1.01 / 255
+    )
+    got = top1(accuracy.ort_runner(images.model), x_test, y_test)
+    assert got >= top1(accuracy.ort_runner(fp32), x_test, y_test) - 0.5
+    assert abs(images.accuracy["cosine"] - arrays.accuracy["cosine"]) < 1e-3
+
+
+def test_int8_verification_failure_exits_1_and_writes_nothing(cli, tmp_path, monkeypatch):
+    from edgec import verify
+
+    monkeypatch.setitem(verify.MIN_COSINE, "int8", 0.9999999)  # no int8 model is this close
+    out = tmp_path / "out"
+    r = cli("compile", model_path("digits_cnn"), "-o", out, "--int8", "--calib", "synthetic",
+            "--no-bench")  # fmt: skip
+    assert r.code == 1 and "worst-sample cosine >= 1" in r.err, r.err
+    assert "[FAIL]" in r.err and not out.exists()

@@ -114,3 +114,16 @@ def test_repq_vit_scales_wired_into_int8():
     scale = next(t for t in result.model.graph.initializer if t.name == q.input[1])
     np.testing.assert_allclose(onnx.numpy_helper.to_array(scale), params["scale"], rtol=1e-6)
     assert result.accuracy["cosine"] > 0.99
+
+
+def test_keep_float_auto_takes_measured_latency():
+    model = _outlier_model()
+    times = {"Conv_0": (1.0, 0.25), "Conv_2": (1.0, 0.25), "Conv_4": (0.1, 0.1)}
+    result = quantize(model, signature(model)[0],
+                      Int8Options(calib="synthetic", calib_samples=8, keep_float="auto"),
+                      layer_latency=lambda node: times[node.name])  # fmt: skip
+    section = result.report["mixed_precision"]
+    assert section["gain"] == "measured kernel latency"
+    rows = {r["node"]: r for r in section["layers"]}
+    assert rows["Conv_4"]["saving_ms"] == 0 and rows["Conv_0"]["gain_share"] == 0.5
+    assert "Conv_2" not in section["kept_float"]  # sensitive, but now it buys half the gain
