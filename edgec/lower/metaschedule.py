@@ -8,9 +8,11 @@ the same timer as the templates' candidates, checks their outputs against the de
 and stores them in the tuning cache (the workload key is the PrimFunc's structural hash, so a
 trace is only ever replayed on the function it was tuned for). ``apply`` replays a trace.
 
-Workarounds for TVM 0.27 (../shared/docs/tvm.md section 4): the builder's default build function
-imports ~500 TVMScript GPU intrinsics (35 s per worker), so ``_build`` replaces it; the database
-is kept in memory (no JSON files). The cost model is XGBoost when ``xgboost`` is installed, else
+Workarounds for TVM 0.27 (../shared/docs/tvm.md section 4): ``tvm.s_tir.tensor_intrin`` parses
+~500 TVMScript GPU intrinsics (35 s, minutes on a busy machine), imported by MetaSchedule's tune
+context and by the builder's default build function: ``_cpu_tensor_intrin`` loads only the
+x86/Arm ones, and ``_build`` replaces the build function; the database is kept in memory (no
+JSON files). The cost model is XGBoost when ``xgboost`` is installed, else
 "random" (the evolutionary search then samples without a learned model: fine for the small
 per-kernel budgets used here).
 """
@@ -18,8 +20,12 @@ per-kernel budgets used here).
 from __future__ import annotations
 
 import hashlib
+import importlib
+import importlib.util
 import os
+import sys
 import tempfile
+import types
 
 from edgec.lower import _tvm
 
@@ -55,6 +61,29 @@ def _build(mod, target, _params):
     return tvm_build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target)
 
 
+def _strategy(ms, trials: int):
+    """Evolutionary search sized for a few dozen trials: TVM's defaults (a population of 512,
+    4 genetic rounds) cost more CPU time than the trials themselves at this scale."""
+    return ms.search_strategy.EvolutionarySearch(
+        population_size=max(32, 4 * trials), init_min_unmeasured=max(8, trials),
+        genetic_num_iters=2,
+    )  # fmt: skip
+
+
+def _cpu_tensor_intrin() -> None:
+    """Register the CPU tensor intrinsics without the package's GPU ones (see the docstring)."""
+    name = "tvm.s_tir.tensor_intrin"
+    if name in sys.modules:
+        return
+    spec = importlib.util.find_spec(name)
+    package = types.ModuleType(name, "CPU tensor intrinsics only (edgec.lower.metaschedule)")
+    package.__path__ = list(spec.submodule_search_locations or [])
+    package.__package__ = name
+    sys.modules[name] = package
+    for sub in ("x86", "arm_cpu"):
+        setattr(package, sub, importlib.import_module(f"{name}.{sub}"))
+
+
 def tune(func, target: dict, *, trials: int = TRIALS, threads: int = 0, seed: int = 0) -> list:
     """MetaSchedule's best schedules of ``func`` for ``target`` (TVM target JSON), best first,
     as knobs. Raises when MetaSchedule fails (the search scores that as a failed candidate)."""
@@ -62,6 +91,7 @@ def tune(func, target: dict, *, trials: int = TRIALS, threads: int = 0, seed: in
     if reason:
         raise RuntimeError(reason)
     tvm = _tvm()
+    _cpu_tensor_intrin()
     import tvm.s_tir.meta_schedule as ms
 
     if threads:
@@ -73,7 +103,7 @@ def tune(func, target: dict, *, trials: int = TRIALS, threads: int = 0, seed: in
             mod, tgt, work_dir, max_trials_global=trials, num_trials_per_iter=min(trials, 8),
             builder=ms.builder.LocalBuilder(f_build=_build, max_workers=1, timeout_sec=120),
             runner=ms.runner.LocalRunner(timeout_sec=60), database="memory",
-            cost_model=cost_model(), seed=seed,
+            cost_model=cost_model(), seed=seed, strategy=_strategy(ms, trials),
         )  # fmt: skip
         records = db.get_top_k(db.commit_workload(mod), TOP_K)
     if not records:
