@@ -16,6 +16,8 @@ forever.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import queue
 import signal
@@ -163,6 +165,7 @@ def measure_session(
     samples = list(timer("main").results)
     outs = vm.get_outputs("main")
     outputs = [t.numpy() for t in (outs if isinstance(outs, (list, tuple)) else _flat(outs))]
+    del vm, args, outs  # free the remote objects before the session closes
     info = _device_info(sess)
     threads = _remote_threads(sess)
     report = {
@@ -179,6 +182,14 @@ def _flat(value) -> list:
     if hasattr(value, "numpy"):
         return [value]
     return [t for item in value for t in _flat(item)]
+
+
+def _close(sess) -> None:
+    """End the session now (not when the garbage collector gets to it): the device is freed
+    for the next client at once."""
+    gc.collect()
+    with contextlib.suppress(Exception):  # already gone
+        sess.get_function("CloseRPCConnection")()
 
 
 def _device_info(sess) -> dict:
@@ -291,12 +302,15 @@ def _device_worker(i, connect, library, inputs, runs, warmup, timeout_s, retries
 
             def once():
                 sess = connect()
-                info = _device_info(sess)
-                if expect_arch and info.get("arch") not in (None, expect_arch):
-                    raise InvalidInputError(
-                        f"the device is {info['arch']}, the artifact is for {expect_arch}"
-                    )
-                return measure_session(sess, library, inputs, runs=runs, warmup=warmup)
+                try:
+                    info = _device_info(sess)
+                    if expect_arch and info.get("arch") not in (None, expect_arch):
+                        raise InvalidInputError(
+                            f"the device is {info['arch']}, the artifact is for {expect_arch}"
+                        )
+                    return measure_session(sess, library, inputs, runs=runs, warmup=warmup)
+                finally:
+                    _close(sess)
 
             report, outputs = _with_deadline(once, timeout_s, f"device {i}")
         except InvalidInputError as e:
