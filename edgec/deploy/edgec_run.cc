@@ -152,9 +152,26 @@ static std::string JsonStr(const std::string& s) {
 
 static std::string g_emulated;  // --emulated NAME: this "device" is an emulator (no latency)
 
+// ARM "CPU part" numbers (aarch64 /proc/cpuinfo has no model name)
+static std::string ArmPartName(const std::string& part) {
+  static const char* kParts[][2] = {
+      {"0xd03", "Cortex-A53"}, {"0xd04", "Cortex-A35"}, {"0xd05", "Cortex-A55"},
+      {"0xd07", "Cortex-A57"}, {"0xd08", "Cortex-A72"}, {"0xd09", "Cortex-A73"},
+      {"0xd0a", "Cortex-A75"}, {"0xd0b", "Cortex-A76"}, {"0xd0c", "Neoverse-N1"},
+      {"0xd0d", "Cortex-A77"}, {"0xd41", "Cortex-A78"}, {"0xd44", "Cortex-X1"},
+      {"0xd46", "Cortex-A510"}, {"0xd47", "Cortex-A710"}, {"0xd48", "Cortex-X2"},
+      {"0xd4d", "Cortex-A715"}, {"0xd4e", "Cortex-X3"}, {"0xd40", "Neoverse-V1"},
+      {"0xd4f", "Neoverse-V2"}, {"0xd49", "Neoverse-N2"}};
+  for (const auto& p : kParts) {
+    if (part == p[0]) return p[1];
+  }
+  return "ARM CPU part " + part;
+}
+
 static std::string DeviceJson() {
   std::ifstream f("/proc/cpuinfo");
-  std::string cpu, hardware, part;
+  std::string cpu, hardware;
+  std::vector<std::pair<std::string, int>> parts;  // in order of appearance, with counts
   for (std::string line; std::getline(f, line);) {
     size_t c = line.find(':');
     if (c == std::string::npos) continue;
@@ -162,10 +179,18 @@ static std::string DeviceJson() {
     std::string v = line.substr(line.find_first_not_of(" \t", c + 1) == std::string::npos ? line.size() : line.find_first_not_of(" \t", c + 1));
     if (k == "model name" && cpu.empty()) cpu = v;
     if (k == "Hardware" && hardware.empty()) hardware = v;
-    if (k == "CPU part" && part.empty()) part = v;
+    if (k == "CPU part") {
+      auto it = std::find_if(parts.begin(), parts.end(), [&](const auto& p) { return p.first == v; });
+      if (it == parts.end()) parts.emplace_back(v, 1);
+      else ++it->second;
+    }
+  }
+  std::string arm;  // e.g. "4x Cortex-A55 + 4x Cortex-A76"
+  for (const auto& p : parts) {
+    arm += (arm.empty() ? "" : " + ") + std::to_string(p.second) + "x " + ArmPartName(p.first);
   }
   std::string board = ReadFirstLine("/proc/device-tree/model");
-  if (cpu.empty()) cpu = !hardware.empty() ? hardware : !part.empty() ? "ARM CPU part " + part : "unknown";
+  if (cpu.empty()) cpu = !arm.empty() ? arm : !hardware.empty() ? hardware : "unknown";
   std::string gov = ReadFirstLine("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor");
   std::string fmax = ReadFirstLine("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq");
   std::ostringstream o;
