@@ -1,7 +1,7 @@
 // edgec-run: run an edgec artifact on a device with only the TVM runtime (no Python).
 //
 //   edgec-run ./model.so -i x.npy [-i ...] [-o y.npy ...] [--runs N] [--warmup W]
-//             [--threads T] [--report latency.json]
+//             [--threads T] [--report latency.json] [--profile REPS]
 //   edgec-run --serve PORT [--host ADDR] [--key KEY]   TVM RPC server (no tracker)
 //   edgec-run --rpc-fd FD [--workdir DIR]              serve one handshaken RPC session
 //
@@ -22,9 +22,11 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <sstream>
 #include <string>
+#include <map>
 #include <thread>
 #include <vector>
 
@@ -235,9 +237,46 @@ static std::string StatsJson(std::vector<double> ms, int warmup) {
 
 // ---- run a model --------------------------------------------------------------------------------
 
+// Per-kernel time from the Relax VM's instrument hook (called before and after every VM call;
+// CPU kernels are synchronous): JSON rows sorted by time, as `edgec compile`'s profile.
+static std::string ProfileJson(ffi::Module vm, const std::function<ffi::Any()>& call, int reps) {
+  std::map<std::string, std::pair<double, int>> acc;  // ms total, calls
+  std::map<std::string, std::chrono::steady_clock::time_point> started;
+  auto hook = ffi::Function::FromPacked([&](ffi::PackedArgs args, ffi::Any* rv) {
+    std::string name = args[1].cast<ffi::String>();
+    if (args[2].cast<bool>()) {
+      started[name] = std::chrono::steady_clock::now();
+    } else {
+      auto dt = std::chrono::steady_clock::now() - started[name];
+      acc[name].first += std::chrono::duration<double, std::milli>(dt).count();
+      acc[name].second += 1;
+    }
+    *rv = 0;
+  });
+  ffi::Function set = vm->GetFunction("set_instrument").value();
+  set(hook);
+  for (int i = 0; i < reps; ++i) call();
+  set(ffi::Function::FromPacked([](ffi::PackedArgs, ffi::Any* rv) { *rv = 0; }));
+  std::vector<std::pair<double, std::string>> rows;
+  double whole = 0;
+  for (const auto& kv : acc) {
+    rows.emplace_back(kv.second.first / reps, kv.first);
+    whole += kv.second.first / reps;
+  }
+  std::sort(rows.rbegin(), rows.rend());
+  std::ostringstream o;
+  o << "[";
+  for (size_t i = 0; i < rows.size(); ++i) {
+    o << (i ? ", " : "") << "{\"kernel\": " << JsonStr(rows[i].second) << ", \"ms\": " << rows[i].first
+      << ", \"calls\": " << acc[rows[i].second].second / reps
+      << ", \"share\": " << (whole > 0 ? rows[i].first / whole : 0.0) << "}";
+  }
+  return o.str() + "]";
+}
+
 static int RunModel(const std::string& model, const std::vector<std::string>& inputs,
                     const std::vector<std::string>& outputs, int runs, int warmup,
-                    const std::string& report) {
+                    const std::string& report, int profile_reps) {
   std::string path = model.find('/') == std::string::npos ? "./" + model : model;
   ffi::Module lib = ffi::Module::LoadFromFile(path);
   ffi::Module vm = lib->GetFunction("vm_load_executable").value()().cast<ffi::Module>();
@@ -260,6 +299,7 @@ static int RunModel(const std::string& model, const std::vector<std::string>& in
     ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
   }
   if (runs == 0 && warmup == 0) result = call();
+  std::string profile = profile_reps > 0 ? ProfileJson(vm, call, profile_reps) : "null";
   std::vector<ffi::Tensor> outs;
   Flatten(result, &outs);
   for (size_t i = 0; i < outs.size(); ++i) {
@@ -273,7 +313,7 @@ static int RunModel(const std::string& model, const std::vector<std::string>& in
     f << "{\"threads\": " << threads << ", \"method\": \"edgec-run: " << warmup
       << " untimed calls, then back-to-back timed calls (steady_clock)\", \"edgec\": "
       << StatsJson(ms, warmup) << ", \"device\": " << DeviceJson()
-      << ", \"peak_rss_mb\": " << ru.ru_maxrss / 1024.0 << "}\n";
+      << ", \"peak_rss_mb\": " << ru.ru_maxrss / 1024.0 << ", \"profile\": " << profile << "}\n";
   }
   std::cerr << "edgec-run: " << outs.size() << " output(s)";
   if (!ms.empty()) {
@@ -370,7 +410,7 @@ static int Serve(const std::string& host, int port, const std::string& key) {
 int main(int argc, char** argv) {
   std::vector<std::string> inputs, outputs;
   std::string model, report, host = "0.0.0.0", key;
-  int runs = 1, warmup = 0, serve_port = -1, rpc_fd = -1;
+  int runs = 1, warmup = 0, serve_port = -1, rpc_fd = -1, profile_reps = 0;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -383,6 +423,7 @@ int main(int argc, char** argv) {
     else if (a == "--warmup") warmup = std::atoi(next().c_str());
     else if (a == "--threads") setenv("TVM_NUM_THREADS", next().c_str(), 1);
     else if (a == "--report") report = next();
+    else if (a == "--profile") profile_reps = std::atoi(next().c_str());
     else if (a == "--serve") serve_port = std::atoi(next().c_str());
     else if (a == "--host") host = next();
     else if (a == "--key") key = next();
@@ -392,7 +433,7 @@ int main(int argc, char** argv) {
     else if (a == "--device-info") { std::cout << DeviceJson() << std::endl; return 0; }
     else if (a == "-h" || a == "--help") {
       std::cout << "usage: edgec-run MODEL.so -i IN.npy... [-o OUT.npy...] [--runs N] [--warmup W]\n"
-                   "                 [--threads T] [--report latency.json]\n"
+                   "                 [--threads T] [--report latency.json] [--profile REPS]\n"
                    "       edgec-run --serve PORT [--host ADDR] [--key KEY]\n"
                    "       edgec-run --device-info\n";
       return 0;
@@ -404,7 +445,7 @@ int main(int argc, char** argv) {
     if (serve_port >= 0) return Serve(host, serve_port, key);
     if (model.empty()) Fail("no model given (edgec-run --help)");
     if (runs < 0 || warmup < 0) Fail("--runs and --warmup must be >= 0");
-    return RunModel(model, inputs, outputs, runs, warmup, report);
+    return RunModel(model, inputs, outputs, runs, warmup, report, profile_reps);
   } catch (const std::exception& e) {
     std::cerr << "edgec-run: error: " << e.what() << std::endl;
     return 1;

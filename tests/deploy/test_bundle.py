@@ -41,7 +41,8 @@ def test_native_bundle_runs_without_python_and_reports_bench_keys(conv_relu, tmp
     # the documented command line, run from the bundle directory
     proc = subprocess.run(
         ["./edgec-run", "./model.so", "-i", tmp_path / "x.npy", "-o", tmp_path / "y.npy",
-         "--runs", "7", "--warmup", "2", "--threads", "1", "--report", tmp_path / "lat.json"],
+         "--runs", "7", "--warmup", "2", "--threads", "1", "--report", tmp_path / "lat.json",
+         "--profile", "3"],
         cwd=out, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
@@ -57,6 +58,10 @@ def test_native_bundle_runs_without_python_and_reports_bench_keys(conv_relu, tmp
     assert report["threads"] == 1 and report["peak_rss_mb"] > 1
     assert report["device"]["arch"] == "x86_64" and report["device"]["cores"] >= 1
     assert report["device"]["emulated"] is None
+    # per-kernel profile on the device (the VM's instrument hook): the conv kernel dominates
+    top = report["profile"][0]
+    assert top["kernel"].startswith("fused_conv2d") and top["calls"] == 1 and top["ms"] > 0
+    assert abs(sum(r["share"] for r in report["profile"]) - 1) < 1e-6
 
 
 def test_bad_input_gives_a_clear_runner_error(conv_relu, tmp_path):
