@@ -217,7 +217,10 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
             if not report["verification"].get("passed", True):
                 raise VerificationError(_verification_message(report["verification"]), report)
         elif foreign:
-            report["verification"] = {"skipped": f"target {tgt.name} cannot run on this machine"}
+            why = f" ({tgt.emulator} not found: make cross-toolchain)" if tgt.emulator else ""
+            report["verification"] = {
+                "skipped": f"target {tgt.name} cannot run on this machine{why}"
+            }
         elif verify_result:
             with step("verify", "verify against onnxruntime"):
                 report["verification"] = _verify(
@@ -443,7 +446,8 @@ class CompiledModel:
         tgt = targets.get(self.manifest["target"]["name"])
         if not (tgt.runs_here and lower.host_can_run(tgt)):
             raise InvalidInputError(
-                f"{self.path} was compiled for {tgt.name}, which cannot run on this machine"
+                f"{self.path} was compiled for {tgt.name}, which cannot run on this machine "
+                "(on a device: edgec bench OUT --rpc HOST:PORT, or ./edgec-run in OUT/)"
             )
         self.threads = threads or self.manifest.get("threads", 0)
         self._runtime = lower.Runtime(self.path / self.manifest["library"], self.threads)
