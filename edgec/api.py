@@ -108,6 +108,9 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
     tuning_db: str | os.PathLike | None = None,
     ndk: str | os.PathLike | None = None,
     bundle: bool = True,
+    rpc: str | None = None,
+    tracker: str | None = None,
+    key: str = "",
     log: Log = _quiet,
 ) -> CompileResult:
     """Compile an ONNX model into a deployable artifact directory ``output``.
@@ -119,7 +122,8 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
     CPU targets get a deploy bundle in ``output`` (``bundle``; see ``edgec.deploy``): the TVM
     runtime for the target and ``edgec-run``. Code for another architecture is verified by running
     that bundle under qemu-user (correctness only); CUDA code is compiled to cubin with nvcc.
-    ``ndk`` is the Android NDK for ``android-arm64`` (else $ANDROID_NDK_HOME).
+    ``ndk`` is the Android NDK for ``android-arm64`` (else $ANDROID_NDK_HOME). With ``rpc``
+    (HOST:PORT) or ``tracker`` + ``key`` the search times candidates on that device.
 
     Raises InvalidInputError (bad input), UnsupportedModelError (ops TVM cannot lower) or
     VerificationError (results differ from onnxruntime beyond ``tolerance``); in every error case
@@ -134,7 +138,14 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
     pipeline = passes.select(skip_passes, only_passes)
     threads = threads or default_threads()
     precision = "fp32"
-    tuner, search_report = _tuner(tgt, search, search_budget_s, tuning_db, threads, log)
+    remote = None
+    if rpc or tracker:
+        if search == "none":
+            raise InvalidInputError("--rpc/--tracker on compile are for --search fast|full")
+        from edgec.lower import rpc as rpc_lib
+
+        remote = rpc_lib.remote_measure(rpc, tracker, key, compiler or "g++")
+    tuner, search_report = _tuner(tgt, search, search_budget_s, tuning_db, threads, log, remote)
     tolerance = verify.TOLERANCE[precision] if tolerance is None else tolerance
     step = _Steps(log)
 
@@ -147,7 +158,11 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
     with step("passes", f"passes ({', '.join(p.name for p in pipeline) or 'none'})"):
         optimized, pass_reports = passes.run_pipeline(imported.model, pipeline, seed=seed)
     with step("build", f"build for {tgt.name}" + (f" (search {search})" if tuner else "")):
-        executable, kernels = lower.build(optimized, tgt, threads, tune=tuner)
+        try:
+            executable, kernels = lower.build(optimized, tgt, threads, tune=tuner)
+        finally:
+            if remote is not None:
+                remote.close()
     if tuner is not None:
         search_report = tuner.summary()
         tuner.annotate(kernels)
@@ -249,7 +264,7 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
     return CompileResult(out, manifest, report)
 
 
-def _tuner(tgt, mode: str, budget_s, tuning_db, threads: int, log: Log):
+def _tuner(tgt, mode: str, budget_s, tuning_db, threads: int, log: Log, remote=None):
     """The search for ``lower.build`` (None for ``none``) and the report section until it ran."""
     from edgec import lower
     from edgec.search import MODES, Search
@@ -262,6 +277,10 @@ def _tuner(tgt, mode: str, budget_s, tuning_db, threads: int, log: Log):
                "candidates_tried": 0, "cache_hits": 0}  # fmt: skip
     if mode == "none":
         return None, section
+    if remote is not None:  # candidates timed on a device (edgec.lower.rpc.RemoteMeasure)
+        search = Search(mode, budget_s=budget_s, tuning_db=tuning_db, threads=threads, log=log,
+                        measurer=remote)  # fmt: skip
+        return search, section
     if not (tgt.runs_here and lower.host_can_run(tgt)):
         log(f"search skipped: code for {tgt.name} cannot run on this machine (default knobs)")
         return None, {**section, "skipped": f"target {tgt.name} cannot run on this machine"}

@@ -133,11 +133,15 @@ def _pass_options(f):
 @click.option(
     "--no-bundle", is_flag=True, help="No deploy bundle (TVM runtime + edgec-run) in OUT/."
 )
+@click.option("--rpc", metavar="HOST:PORT", help="--search times candidates on this device.")
+@click.option("--tracker", metavar="HOST:PORT", help="--search on a device of this tracker.")
+@click.option("--key", default="", help="Device key at the tracker (with --tracker).")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json on stdout.")
 @click.pass_obj
 def compile(obj: _Context, model, output, target, input_shapes, force, skip_pass, only_pass,
             no_verify, verify_input, tolerance, threads, no_bench, bench_runs, bench_budget,
-            seed, search, budget, tuning_db, ndk, no_bundle, as_json) -> None:  # fmt: skip
+            seed, search, budget, tuning_db, ndk, no_bundle, rpc, tracker, key,
+            as_json) -> None:  # fmt: skip
     """Compile MODEL.onnx into a deployable artifact directory OUT/.
 
     With --search fast|full, each kernel's schedule is chosen by timing its candidates on this
@@ -153,7 +157,8 @@ def compile(obj: _Context, model, output, target, input_shapes, force, skip_pass
             verify_result=not no_verify, verify_inputs=_load_inputs(verify_input) or None,
             tolerance=tolerance, threads=threads, bench=not no_bench, bench_runs=bench_runs,
             bench_budget_s=bench_budget, seed=seed, search=search, search_budget_s=budget,
-            tuning_db=tuning_db, ndk=ndk, bundle=not no_bundle, log=obj.log,
+            tuning_db=tuning_db, ndk=ndk, bundle=not no_bundle, rpc=rpc, tracker=tracker,
+            key=key, log=obj.log,
         )  # fmt: skip
     except VerificationError as e:
         if as_json and e.report:

@@ -1,6 +1,7 @@
 """A device farm on loopback: a TVM tracker, two x86 servers and one arm64 server under qemu."""
 
 import json
+import math
 import shutil
 import socket
 import subprocess
@@ -97,6 +98,25 @@ def test_arm64_artifact_runs_on_the_emulated_arm64_server(cli, farm):
     assert set(report["edgec"]) == STATS and report["threads"] >= 1
     assert report["verification"]["passed"] and report["verification"]["scaled_err"] <= 1e-4
     assert result["target"] == "arm64"
+
+
+def test_kernel_search_times_candidates_on_the_device(farm, tmp_path):
+    """`edgec compile --target arm64 --search ... --tracker`: candidates timed over RPC."""
+    from edgec import search
+
+    db = tmp_path / "t.db"
+    result = edgec.compile(
+        farm["root"] / "conv.onnx", tmp_path / "out", target="arm64", search="fast",
+        search_budget_s=6, tuning_db=db, tracker=farm["tracker"], key="arm64",
+    )  # fmt: skip
+    s = result.report["search"]
+    assert s["kernels_measured"] == 1 and s["candidates_tried"] >= 2 and "skipped" not in s
+    (conv,) = [k for k in result.report["kernels"] if k.get("candidates")]
+    timed = [c["ms"] for c in conv["candidates"] if c["ms"] is not None]
+    assert len(timed) >= 2 and math.isclose(conv["ms"], min(timed))
+    assert result.report["verification"]["passed"]  # the chosen knobs, under qemu
+    (entry,) = search.cache_info(db)["by_version"]
+    assert entry["cpu"].endswith("(aarch64, via RPC, emulated by qemu-aarch64)")
 
 
 def test_wrong_architecture_is_reported_not_run(cli, farm):
