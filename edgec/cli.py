@@ -386,9 +386,12 @@ def targets_cmd(as_json) -> None:
     """List the compilation targets and what each supports on this machine."""
     from edgec.deploy import toolchain
 
-    rows = []
+    from edgec.host import cpu_flags
+
+    rows, flags = [], cpu_flags()
     for t in targets.TARGETS:
-        runs = t.support(emulator_found=toolchain.emulator(t) is not None)
+        can_run = all(f in flags for f in t.requires) if flags else None
+        runs = t.support(can_run, emulator_found=toolchain.emulator(t) is not None)
         rows.append({**t.to_json(), "support": runs, "int8_dot": t.int8_dot or None})
     if as_json:
         click.echo(json.dumps({"targets": rows, "aliases": targets.ALIASES}, indent=2))
