@@ -385,7 +385,6 @@ def device_tracker(obj: _Context, host, port) -> None:
 def targets_cmd(as_json) -> None:
     """List the compilation targets and what each supports on this machine."""
     from edgec.deploy import toolchain
-
     from edgec.host import cpu_flags
 
     rows, flags = [], cpu_flags()
