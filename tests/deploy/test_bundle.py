@@ -11,6 +11,7 @@ import pytest
 import edgec
 from edgec import deploy, targets, verify
 from edgec.deploy import toolchain
+from edgec.errors import VerificationError
 from edgec.report import latency
 
 SHAPE = {"x": (1, 3, 16, 16)}
@@ -119,3 +120,20 @@ def test_arm64_zoo_model_matches_onnxruntime_under_qemu(name, zoo, tmp_path):
     (want,) = verify.run_onnxruntime(onnx.load(path), {"input": x}).values()
     assert y.shape == want.shape and _scaled_err(y, want) <= 1e-4
     assert report["device"]["arch"] == "aarch64" and report["edgec"]["runs"] == 2
+
+
+@needs_qemu
+def test_a_wrong_result_under_qemu_fails_the_compile_and_writes_nothing(conv_relu, tmp_path,
+                                                                         monkeypatch):  # fmt: skip
+    real = deploy.run_bundle
+
+    def off_by_a_bit(*args, **kw):
+        outputs, report = real(*args, **kw)
+        return [o + 1e-2 * np.abs(o).max() for o in outputs], report
+
+    monkeypatch.setattr(deploy, "run_bundle", off_by_a_bit)
+    with pytest.raises(VerificationError, match="outputs differ from onnxruntime") as e:
+        edgec.compile(conv_relu, tmp_path / "out", target="arm64", input_shapes=SHAPE)
+    assert e.value.report["verification"]["emulated"] == "qemu-aarch64: correctness only"
+    assert 9e-3 < e.value.report["verification"]["scaled_err"] < 1.1e-2
+    assert not (tmp_path / "out").exists()
