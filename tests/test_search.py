@@ -89,7 +89,7 @@ class Fake:
 def compile_(model, out, db, search_mode="fast", budget=None, log=None):
     return edgec.compile(
         model, out, input_shapes=SHAPE, bench=False, search=search_mode, search_budget_s=budget,
-        tuning_db=db, log=log or (lambda _: None),
+        tuning_db=db, log=log or (lambda _: None), bundle=False,
     ).report  # fmt: skip
 
 
