@@ -2,7 +2,8 @@
 //
 //   edgec-run ./model.so -i x.npy [-i ...] [-o y.npy ...] [--runs N] [--warmup W]
 //             [--threads T] [--report latency.json] [--profile REPS]
-//   edgec-run --serve PORT [--host ADDR] [--key KEY]   TVM RPC server (no tracker)
+//   edgec-run --serve PORT [--host ADDR] [--key KEY] [--session-timeout S]
+//                                                      TVM RPC server (no tracker)
 //   edgec-run --rpc-fd FD [--workdir DIR]              serve one handshaken RPC session
 //
 // Inputs are .npy files in the model's input order; outputs are written in output order
@@ -356,7 +357,7 @@ static bool RecvAll(int fd, void* buf, size_t n) {
   return true;
 }
 
-static int Serve(const std::string& host, int port, const std::string& key) {
+static int Serve(const std::string& host, int port, const std::string& key, int timeout_s) {
   const int32_t kMagic = 0xFF271, kMismatch = 0xFF271 + 2;
   int ls = socket(AF_INET, SOCK_STREAM, 0);
   int one = 1;
@@ -396,6 +397,7 @@ static int Serve(const std::string& host, int port, const std::string& key) {
     pid_t pid = fork();
     if (pid == 0) {
       close(ls);
+      if (timeout_s > 0) alarm(timeout_s);  // a stuck session ends; the server keeps serving
       char tmpl[] = "/tmp/edgec-rpc-XXXXXX";
       if (mkdtemp(tmpl)) g_workdir = tmpl;
       ServeFd(c);
@@ -410,7 +412,7 @@ static int Serve(const std::string& host, int port, const std::string& key) {
 int main(int argc, char** argv) {
   std::vector<std::string> inputs, outputs;
   std::string model, report, host = "0.0.0.0", key;
-  int runs = 1, warmup = 0, serve_port = -1, rpc_fd = -1, profile_reps = 0;
+  int runs = 1, warmup = 0, serve_port = -1, rpc_fd = -1, profile_reps = 0, timeout_s = 600;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -427,6 +429,7 @@ int main(int argc, char** argv) {
     else if (a == "--serve") serve_port = std::atoi(next().c_str());
     else if (a == "--host") host = next();
     else if (a == "--key") key = next();
+    else if (a == "--session-timeout") timeout_s = std::atoi(next().c_str());
     else if (a == "--rpc-fd") rpc_fd = std::atoi(next().c_str());
     else if (a == "--workdir") g_workdir = next();
     else if (a == "--emulated") g_emulated = next();
@@ -434,7 +437,7 @@ int main(int argc, char** argv) {
     else if (a == "-h" || a == "--help") {
       std::cout << "usage: edgec-run MODEL.so -i IN.npy... [-o OUT.npy...] [--runs N] [--warmup W]\n"
                    "                 [--threads T] [--report latency.json] [--profile REPS]\n"
-                   "       edgec-run --serve PORT [--host ADDR] [--key KEY]\n"
+                   "       edgec-run --serve PORT [--host ADDR] [--key KEY] [--session-timeout S]\n"
                    "       edgec-run --device-info\n";
       return 0;
     } else if (!a.empty() && a[0] == '-') Fail("unknown option " + a);
@@ -442,7 +445,7 @@ int main(int argc, char** argv) {
   }
   try {
     if (rpc_fd >= 0) return ServeFd(rpc_fd);
-    if (serve_port >= 0) return Serve(host, serve_port, key);
+    if (serve_port >= 0) return Serve(host, serve_port, key, timeout_s);
     if (model.empty()) Fail("no model given (edgec-run --help)");
     if (runs < 0 || warmup < 0) Fail("--runs and --warmup must be >= 0");
     return RunModel(model, inputs, outputs, runs, warmup, report, profile_reps);
