@@ -127,6 +127,9 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
     calib_preprocess: str | None = None,
     dfq: bool = False,
     keep_float: str | Iterable[str] | None = None,
+    rpc: str | None = None,
+    tracker: str | None = None,
+    key: str = "",
     log: Log = _quiet,
 ) -> CompileResult:
     """Compile an ONNX model into a deployable artifact directory ``output``.
@@ -144,7 +147,8 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
     CPU targets get a deploy bundle in ``output`` (``bundle``; see ``edgec.deploy``): the TVM
     runtime for the target and ``edgec-run``. Code for another architecture is verified by running
     that bundle under qemu-user (correctness only); CUDA code is compiled to cubin with nvcc.
-    ``ndk`` is the Android NDK for ``android-arm64`` (else $ANDROID_NDK_HOME).
+    ``ndk`` is the Android NDK for ``android-arm64`` (else $ANDROID_NDK_HOME). With ``rpc``
+    (HOST:PORT) or ``tracker`` + ``key`` the search times candidates on that device.
 
     A QDQ model (quantize/dequantize ops) is lowered to integer kernels (precision ``int8``;
     report ``int8`` and ``float_ops``); ``integer_only`` makes any float op left between input
@@ -175,7 +179,14 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
     from edgec.lower import conv_algos
 
     conv_algos.check_choice(conv_algo)
-    tuner, search_report = _tuner(tgt, search, search_budget_s, tuning_db, threads, log)
+    remote = None
+    if rpc or tracker:
+        if search == "none":
+            raise InvalidInputError("--rpc/--tracker on compile are for --search fast|full")
+        from edgec.lower import rpc as rpc_lib
+
+        remote = rpc_lib.remote_measure(rpc, tracker, key, compiler or "g++")
+    tuner, search_report = _tuner(tgt, search, search_budget_s, tuning_db, threads, log, remote)
     given_tolerance = tolerance
     step = _Steps(log)
 
@@ -203,14 +214,19 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
     with step("build", f"build for {tgt.name}" + (f" (search {search})" if tuner else "")):
         plans: list = []
         lowered: dict = {}  # what the integer lowering did (edgec.lower.qdq)
-        executable, kernels = lower.build(
-            optimized, tgt, threads, tune=tuner, conv_algo=conv_algo, conv_plan=plans,
-            integer_only=integer_only, quant=lowered,
-        )  # fmt: skip
+        try:
+            executable, kernels = lower.build(
+                optimized, tgt, threads, tune=tuner, conv_algo=conv_algo, conv_plan=plans,
+                integer_only=integer_only, quant=lowered,
+            )  # fmt: skip
+        finally:
+            if remote is not None:
+                remote.close()
     if lowered:
         precision = "int8"
+        n_float = len(lowered["float_ops"])
         log(f"int8: {lowered['integer_ops']} quantized op(s) lowered to integer kernels, "
-            f"{len(lowered['float_ops'])} float op(s) left between quantize and dequantize")  # fmt: skip
+            f"{n_float} float op(s) left between quantize and dequantize")  # fmt: skip
     tolerance = verify.TOLERANCE[precision] if given_tolerance is None else given_tolerance
     if tuner is not None:
         search_report = tuner.summary()
@@ -275,6 +291,7 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
                 report["verification"] = _verify(
                     tmp, imported, verify_inputs, tolerance, seed, threads,
                     run=deploy.emulated_runner(tmp, emulator),
+                    reference=quantized.model if quantized is not None else None,
                 )  # fmt: skip
                 report["verification"]["emulated"] = f"{tgt.emulator}: correctness only"
             report["latency"] = {"skipped": deploy.EMULATED_LATENCY}
@@ -291,7 +308,10 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
             if not report["verification"].get("passed", True):
                 raise VerificationError(_verification_message(report["verification"]), report)
         elif foreign:
-            report["verification"] = {"skipped": f"target {tgt.name} cannot run on this machine"}
+            why = f" ({tgt.emulator} not found: make cross-toolchain)" if tgt.emulator else ""
+            report["verification"] = {
+                "skipped": f"target {tgt.name} cannot run on this machine{why}"
+            }
         elif verify_result and quantized is not None:
             with step("verify", "verify int8 accuracy against the fp32 model"):
                 report["verification"] = _verify_int8(
@@ -334,7 +354,7 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
     return CompileResult(out, manifest, report)
 
 
-def _tuner(tgt, mode: str, budget_s, tuning_db, threads: int, log: Log):
+def _tuner(tgt, mode: str, budget_s, tuning_db, threads: int, log: Log, remote=None):
     """The search for ``lower.build`` (None for ``none``) and the report section until it ran."""
     from edgec import lower
     from edgec.search import MODES, Search
@@ -347,6 +367,10 @@ def _tuner(tgt, mode: str, budget_s, tuning_db, threads: int, log: Log):
                "candidates_tried": 0, "cache_hits": 0}  # fmt: skip
     if mode == "none":
         return None, section
+    if remote is not None:  # candidates timed on a device (edgec.lower.rpc.RemoteMeasure)
+        search = Search(mode, budget_s=budget_s, tuning_db=tuning_db, threads=threads, log=log,
+                        measurer=remote)  # fmt: skip
+        return search, section
     if not (tgt.runs_here and lower.host_can_run(tgt)):
         log(f"search skipped: code for {tgt.name} cannot run on this machine (default knobs)")
         return None, {**section, "skipped": f"target {tgt.name} cannot run on this machine"}
@@ -374,15 +398,16 @@ def _verify(
     seed: int,
     threads: int,
     run: Callable[[list[np.ndarray]], list[np.ndarray]] | None = None,
+    reference: onnx.ModelProto | None = None,
 ) -> dict:
-    """Compare the artifact in ``lib_dir`` with onnxruntime; ``run`` executes it (default: the
-    TVM runtime in this process)."""
+    """Compare the artifact in ``lib_dir`` with onnxruntime running ``reference`` (default: the
+    source model); ``run`` executes it (default: the TVM runtime in this process)."""
     if given:
         verify.check_inputs(imported.inputs, given)
         feeds, source = dict(given), "--verify-input"
     else:
         feeds, source = verify.random_inputs(imported.inputs, seed), f"random (seed {seed})"
-    expected = verify.reference_outputs(imported.model, feeds)
+    expected = verify.reference_outputs(reference or imported.model, feeds)
     from edgec import lower
 
     run = run or lower.Runtime(lib_dir / artifact.LIBRARY, threads).run
@@ -642,7 +667,8 @@ class CompiledModel:
         tgt = targets.get(self.manifest["target"]["name"])
         if not (tgt.runs_here and lower.host_can_run(tgt)):
             raise InvalidInputError(
-                f"{self.path} was compiled for {tgt.name}, which cannot run on this machine"
+                f"{self.path} was compiled for {tgt.name}, which cannot run on this machine "
+                "(on a device: edgec bench OUT --rpc HOST:PORT, or ./edgec-run in OUT/)"
             )
         self.threads = threads or self.manifest.get("threads", 0)
         self._runtime = lower.Runtime(self.path / self.manifest["library"], self.threads)

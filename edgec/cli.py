@@ -240,6 +240,9 @@ def _int8_options(f):
 @click.option(
     "--no-bundle", is_flag=True, help="No deploy bundle (TVM runtime + edgec-run) in OUT/."
 )
+@click.option("--rpc", metavar="HOST:PORT", help="--search times candidates on this device.")
+@click.option("--tracker", metavar="HOST:PORT", help="--search on a device of this tracker.")
+@click.option("--key", default="", help="Device key at the tracker (with --tracker).")
 @click.option("--no-html", is_flag=True, help="Do not write OUT/report.html.")
 @_gate_options
 @click.option("--json", "as_json", is_flag=True,
@@ -248,8 +251,8 @@ def _int8_options(f):
 @click.pass_obj
 def compile(obj: _Context, model, output, target, input_shapes, force, skip_pass, only_pass,
             no_verify, verify_input, tolerance, threads, no_bench, bench_runs, bench_budget,
-            seed, search, budget, tuning_db, conv_algo, integer_only, ndk, no_bundle, no_html,
-            as_json, **options) -> None:  # fmt: skip
+            seed, search, budget, tuning_db, conv_algo, integer_only, ndk, no_bundle, rpc,
+            tracker, key, no_html, as_json, **options) -> None:  # fmt: skip
     """Compile MODEL.onnx into a deployable artifact directory OUT/.
 
     With --search fast|full, each kernel's schedule is chosen by timing its candidates on this
@@ -274,7 +277,8 @@ def compile(obj: _Context, model, output, target, input_shapes, force, skip_pass
                 threads=threads, bench=not no_bench, bench_runs=bench_runs,
                 bench_budget_s=bench_budget, seed=seed, search=search, search_budget_s=budget,
                 tuning_db=tuning_db, conv_algo=conv_algo, integer_only=integer_only, ndk=ndk,
-                bundle=not no_bundle, gates=gates, html_report=not no_html, log=obj.log, **int8,
+                bundle=not no_bundle, rpc=rpc, tracker=tracker, key=key, gates=gates,
+                html_report=not no_html, log=obj.log, **int8,
             )  # fmt: skip
     except VerificationError as e:
         if as_json and e.report:
@@ -639,10 +643,12 @@ def device_tracker(obj: _Context, host, port) -> None:
 def targets_cmd(as_json) -> None:
     """List the compilation targets and what each supports on this machine."""
     from edgec.deploy import toolchain
+    from edgec.host import cpu_flags
 
-    rows = []
+    rows, flags = [], cpu_flags()
     for t in targets.TARGETS:
-        runs = t.support(emulator_found=toolchain.emulator(t) is not None)
+        can_run = all(f in flags for f in t.requires) if flags else None
+        runs = t.support(can_run, emulator_found=toolchain.emulator(t) is not None)
         rows.append({**t.to_json(), "support": runs, "int8_dot": t.int8_dot or None})
     if as_json:
         click.echo(json.dumps({"targets": rows, "aliases": targets.ALIASES}, indent=2))

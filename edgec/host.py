@@ -22,3 +22,13 @@ def cpu_name() -> str:
             if key.strip() in ("model name", "Processor", "Model", "Hardware") and value.strip():
                 return value.strip()
     return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> set[str]:
+    """The CPU feature flags /proc/cpuinfo lists (x86 "flags", ARM "Features"); empty elsewhere."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("flags", "Features"):
+                return set(value.split())
+    return set()

@@ -284,7 +284,10 @@ class Search:
         tuning_db: str | os.PathLike | None = None,
         threads: int = 0,
         log: Log = _quiet,
+        measurer=None,
     ):
+        """``measurer`` times candidates elsewhere (``edgec.lower.rpc.RemoteMeasure``: on a
+        device over RPC); default: ``edgec.lower.measure``, on this machine."""
         if mode not in MODES or mode == "none":
             raise ValueError(f"search mode must be fast or full, not {mode!r}")
         self.mode = mode
@@ -292,7 +295,7 @@ class Search:
             DEFAULT_BUDGET_S if mode == "fast" else DEFAULT_BUDGET_S_FULL
         )  # fmt: skip
         self.db_path = Path(tuning_db) if tuning_db else default_db_path()
-        self.threads, self.log = threads, log
+        self.threads, self.log, self.measurer = threads, log, measurer
         self.workloads: list[_Workload] = []
         self.by_kernel: dict[str, _Workload] = {}
         self.seconds = 0.0
@@ -307,9 +310,13 @@ class Search:
 
     # the tune hook ---------------------------------------------------------------------------
 
-    def __call__(self, tasks: list, target: dict) -> Callable:
+    def _measure_module(self):
         from edgec.lower import measure
 
+        return self.measurer or measure
+
+    def __call__(self, tasks: list, target: dict) -> Callable:
+        measure = self._measure_module()
         start = time.perf_counter()
         self.target = target
         groups: dict[str, _Workload] = {}
@@ -490,7 +497,7 @@ class Search:
         """Time the workload's unmeasured candidates (default first) within ``allowance``
         seconds, (full) time the top 3 again, choose the fastest correct one, store it. Ctrl-C
         stops the timing; the best of what was timed is still chosen and stored."""
-        from edgec.lower import measure
+        measure = self._measure_module()
 
         t0 = time.perf_counter()
         fresh: list[dict] = []

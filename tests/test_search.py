@@ -100,7 +100,7 @@ def compile_(model, out, db, search_mode="fast", budget=None, log=None):
     # the knob search alone: conv algorithms (auto) are tested in tests/lower/test_conv_algos.py
     return edgec.compile(
         model, out, input_shapes=SHAPE, bench=False, search=search_mode, search_budget_s=budget,
-        tuning_db=db, log=log or (lambda _: None), conv_algo="direct",
+        tuning_db=db, log=log or (lambda _: None), conv_algo="direct", bundle=False,
     ).report  # fmt: skip
 
 

@@ -1,4 +1,4 @@
-"""Targets as data: presets, aliases, the TVM target each becomes, `edgec targets`, the NDK error."""
+"""Targets as data: presets, aliases, their TVM targets, `edgec targets`, the NDK error."""
 
 import json
 

@@ -1,8 +1,9 @@
 // edgec-run: run an edgec artifact on a device with only the TVM runtime (no Python).
 //
 //   edgec-run ./model.so -i x.npy [-i ...] [-o y.npy ...] [--runs N] [--warmup W]
-//             [--threads T] [--report latency.json]
-//   edgec-run --serve PORT [--host ADDR] [--key KEY]   TVM RPC server (no tracker)
+//             [--threads T] [--report latency.json] [--profile REPS]
+//   edgec-run --serve PORT [--host ADDR] [--key KEY] [--session-timeout S]
+//                                                      TVM RPC server (no tracker)
 //   edgec-run --rpc-fd FD [--workdir DIR]              serve one handshaken RPC session
 //
 // Inputs are .npy files in the model's input order; outputs are written in output order
@@ -22,9 +23,11 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <sstream>
 #include <string>
+#include <map>
 #include <thread>
 #include <vector>
 
@@ -152,9 +155,26 @@ static std::string JsonStr(const std::string& s) {
 
 static std::string g_emulated;  // --emulated NAME: this "device" is an emulator (no latency)
 
+// ARM "CPU part" numbers (aarch64 /proc/cpuinfo has no model name)
+static std::string ArmPartName(const std::string& part) {
+  static const char* kParts[][2] = {
+      {"0xd03", "Cortex-A53"}, {"0xd04", "Cortex-A35"}, {"0xd05", "Cortex-A55"},
+      {"0xd07", "Cortex-A57"}, {"0xd08", "Cortex-A72"}, {"0xd09", "Cortex-A73"},
+      {"0xd0a", "Cortex-A75"}, {"0xd0b", "Cortex-A76"}, {"0xd0c", "Neoverse-N1"},
+      {"0xd0d", "Cortex-A77"}, {"0xd41", "Cortex-A78"}, {"0xd44", "Cortex-X1"},
+      {"0xd46", "Cortex-A510"}, {"0xd47", "Cortex-A710"}, {"0xd48", "Cortex-X2"},
+      {"0xd4d", "Cortex-A715"}, {"0xd4e", "Cortex-X3"}, {"0xd40", "Neoverse-V1"},
+      {"0xd4f", "Neoverse-V2"}, {"0xd49", "Neoverse-N2"}};
+  for (const auto& p : kParts) {
+    if (part == p[0]) return p[1];
+  }
+  return "ARM CPU part " + part;
+}
+
 static std::string DeviceJson() {
   std::ifstream f("/proc/cpuinfo");
-  std::string cpu, hardware, part;
+  std::string cpu, hardware;
+  std::vector<std::pair<std::string, int>> parts;  // in order of appearance, with counts
   for (std::string line; std::getline(f, line);) {
     size_t c = line.find(':');
     if (c == std::string::npos) continue;
@@ -162,10 +182,18 @@ static std::string DeviceJson() {
     std::string v = line.substr(line.find_first_not_of(" \t", c + 1) == std::string::npos ? line.size() : line.find_first_not_of(" \t", c + 1));
     if (k == "model name" && cpu.empty()) cpu = v;
     if (k == "Hardware" && hardware.empty()) hardware = v;
-    if (k == "CPU part" && part.empty()) part = v;
+    if (k == "CPU part") {
+      auto it = std::find_if(parts.begin(), parts.end(), [&](const auto& p) { return p.first == v; });
+      if (it == parts.end()) parts.emplace_back(v, 1);
+      else ++it->second;
+    }
+  }
+  std::string arm;  // e.g. "4x Cortex-A55 + 4x Cortex-A76"
+  for (const auto& p : parts) {
+    arm += (arm.empty() ? "" : " + ") + std::to_string(p.second) + "x " + ArmPartName(p.first);
   }
   std::string board = ReadFirstLine("/proc/device-tree/model");
-  if (cpu.empty()) cpu = !hardware.empty() ? hardware : !part.empty() ? "ARM CPU part " + part : "unknown";
+  if (cpu.empty()) cpu = !arm.empty() ? arm : !hardware.empty() ? hardware : "unknown";
   std::string gov = ReadFirstLine("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor");
   std::string fmax = ReadFirstLine("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq");
   std::ostringstream o;
@@ -210,9 +238,46 @@ static std::string StatsJson(std::vector<double> ms, int warmup) {
 
 // ---- run a model --------------------------------------------------------------------------------
 
+// Per-kernel time from the Relax VM's instrument hook (called before and after every VM call;
+// CPU kernels are synchronous): JSON rows sorted by time, as `edgec compile`'s profile.
+static std::string ProfileJson(ffi::Module vm, const std::function<ffi::Any()>& call, int reps) {
+  std::map<std::string, std::pair<double, int>> acc;  // ms total, calls
+  std::map<std::string, std::chrono::steady_clock::time_point> started;
+  auto hook = ffi::Function::FromPacked([&](ffi::PackedArgs args, ffi::Any* rv) {
+    std::string name = args[1].cast<ffi::String>();
+    if (args[2].cast<bool>()) {
+      started[name] = std::chrono::steady_clock::now();
+    } else {
+      auto dt = std::chrono::steady_clock::now() - started[name];
+      acc[name].first += std::chrono::duration<double, std::milli>(dt).count();
+      acc[name].second += 1;
+    }
+    *rv = 0;
+  });
+  ffi::Function set = vm->GetFunction("set_instrument").value();
+  set(hook);
+  for (int i = 0; i < reps; ++i) call();
+  set(ffi::Function::FromPacked([](ffi::PackedArgs, ffi::Any* rv) { *rv = 0; }));
+  std::vector<std::pair<double, std::string>> rows;
+  double whole = 0;
+  for (const auto& kv : acc) {
+    rows.emplace_back(kv.second.first / reps, kv.first);
+    whole += kv.second.first / reps;
+  }
+  std::sort(rows.rbegin(), rows.rend());
+  std::ostringstream o;
+  o << "[";
+  for (size_t i = 0; i < rows.size(); ++i) {
+    o << (i ? ", " : "") << "{\"kernel\": " << JsonStr(rows[i].second) << ", \"ms\": " << rows[i].first
+      << ", \"calls\": " << acc[rows[i].second].second / reps
+      << ", \"share\": " << (whole > 0 ? rows[i].first / whole : 0.0) << "}";
+  }
+  return o.str() + "]";
+}
+
 static int RunModel(const std::string& model, const std::vector<std::string>& inputs,
                     const std::vector<std::string>& outputs, int runs, int warmup,
-                    const std::string& report) {
+                    const std::string& report, int profile_reps) {
   std::string path = model.find('/') == std::string::npos ? "./" + model : model;
   ffi::Module lib = ffi::Module::LoadFromFile(path);
   ffi::Module vm = lib->GetFunction("vm_load_executable").value()().cast<ffi::Module>();
@@ -235,6 +300,7 @@ static int RunModel(const std::string& model, const std::vector<std::string>& in
     ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
   }
   if (runs == 0 && warmup == 0) result = call();
+  std::string profile = profile_reps > 0 ? ProfileJson(vm, call, profile_reps) : "null";
   std::vector<ffi::Tensor> outs;
   Flatten(result, &outs);
   for (size_t i = 0; i < outs.size(); ++i) {
@@ -248,7 +314,7 @@ static int RunModel(const std::string& model, const std::vector<std::string>& in
     f << "{\"threads\": " << threads << ", \"method\": \"edgec-run: " << warmup
       << " untimed calls, then back-to-back timed calls (steady_clock)\", \"edgec\": "
       << StatsJson(ms, warmup) << ", \"device\": " << DeviceJson()
-      << ", \"peak_rss_mb\": " << ru.ru_maxrss / 1024.0 << "}\n";
+      << ", \"peak_rss_mb\": " << ru.ru_maxrss / 1024.0 << ", \"profile\": " << profile << "}\n";
   }
   std::cerr << "edgec-run: " << outs.size() << " output(s)";
   if (!ms.empty()) {
@@ -291,7 +357,7 @@ static bool RecvAll(int fd, void* buf, size_t n) {
   return true;
 }
 
-static int Serve(const std::string& host, int port, const std::string& key) {
+static int Serve(const std::string& host, int port, const std::string& key, int timeout_s) {
   const int32_t kMagic = 0xFF271, kMismatch = 0xFF271 + 2;
   int ls = socket(AF_INET, SOCK_STREAM, 0);
   int one = 1;
@@ -331,6 +397,7 @@ static int Serve(const std::string& host, int port, const std::string& key) {
     pid_t pid = fork();
     if (pid == 0) {
       close(ls);
+      if (timeout_s > 0) alarm(timeout_s);  // a stuck session ends; the server keeps serving
       char tmpl[] = "/tmp/edgec-rpc-XXXXXX";
       if (mkdtemp(tmpl)) g_workdir = tmpl;
       ServeFd(c);
@@ -345,7 +412,7 @@ static int Serve(const std::string& host, int port, const std::string& key) {
 int main(int argc, char** argv) {
   std::vector<std::string> inputs, outputs;
   std::string model, report, host = "0.0.0.0", key;
-  int runs = 1, warmup = 0, serve_port = -1, rpc_fd = -1;
+  int runs = 1, warmup = 0, serve_port = -1, rpc_fd = -1, profile_reps = 0, timeout_s = 600;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -358,17 +425,19 @@ int main(int argc, char** argv) {
     else if (a == "--warmup") warmup = std::atoi(next().c_str());
     else if (a == "--threads") setenv("TVM_NUM_THREADS", next().c_str(), 1);
     else if (a == "--report") report = next();
+    else if (a == "--profile") profile_reps = std::atoi(next().c_str());
     else if (a == "--serve") serve_port = std::atoi(next().c_str());
     else if (a == "--host") host = next();
     else if (a == "--key") key = next();
+    else if (a == "--session-timeout") timeout_s = std::atoi(next().c_str());
     else if (a == "--rpc-fd") rpc_fd = std::atoi(next().c_str());
     else if (a == "--workdir") g_workdir = next();
     else if (a == "--emulated") g_emulated = next();
     else if (a == "--device-info") { std::cout << DeviceJson() << std::endl; return 0; }
     else if (a == "-h" || a == "--help") {
       std::cout << "usage: edgec-run MODEL.so -i IN.npy... [-o OUT.npy...] [--runs N] [--warmup W]\n"
-                   "                 [--threads T] [--report latency.json]\n"
-                   "       edgec-run --serve PORT [--host ADDR] [--key KEY]\n"
+                   "                 [--threads T] [--report latency.json] [--profile REPS]\n"
+                   "       edgec-run --serve PORT [--host ADDR] [--key KEY] [--session-timeout S]\n"
                    "       edgec-run --device-info\n";
       return 0;
     } else if (!a.empty() && a[0] == '-') Fail("unknown option " + a);
@@ -376,10 +445,10 @@ int main(int argc, char** argv) {
   }
   try {
     if (rpc_fd >= 0) return ServeFd(rpc_fd);
-    if (serve_port >= 0) return Serve(host, serve_port, key);
+    if (serve_port >= 0) return Serve(host, serve_port, key, timeout_s);
     if (model.empty()) Fail("no model given (edgec-run --help)");
     if (runs < 0 || warmup < 0) Fail("--runs and --warmup must be >= 0");
-    return RunModel(model, inputs, outputs, runs, warmup, report);
+    return RunModel(model, inputs, outputs, runs, warmup, report, profile_reps);
   } catch (const std::exception& e) {
     std::cerr << "edgec-run: error: " << e.what() << std::endl;
     return 1;

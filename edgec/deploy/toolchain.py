@@ -50,6 +50,8 @@ def compiler(target: Target, ndk: str | os.PathLike | None = None) -> str:
     if target.toolchain == "ndk":
         return ndk_compiler(ndk)
     path = shutil.which(target.toolchain)
+    if path is None and not target.cross:  # on the board itself: its native g++
+        path = shutil.which("g++")
     if path is None:
         raise InvalidInputError(f"{target.toolchain} not found (for {target.name}): {_INSTALL}")
     return path

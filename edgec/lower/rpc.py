@@ -16,6 +16,8 @@ forever.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import queue
 import signal
@@ -163,6 +165,7 @@ def measure_session(
     samples = list(timer("main").results)
     outs = vm.get_outputs("main")
     outputs = [t.numpy() for t in (outs if isinstance(outs, (list, tuple)) else _flat(outs))]
+    del vm, args, outs  # free the remote objects before the session closes
     info = _device_info(sess)
     threads = _remote_threads(sess)
     report = {
@@ -179,6 +182,14 @@ def _flat(value) -> list:
     if hasattr(value, "numpy"):
         return [value]
     return [t for item in value for t in _flat(item)]
+
+
+def _close(sess) -> None:
+    """End the session now (not when the garbage collector gets to it): the device is freed
+    for the next client at once."""
+    gc.collect()
+    with contextlib.suppress(Exception):  # already gone
+        sess.get_function("CloseRPCConnection")()
 
 
 def _device_info(sess) -> dict:
@@ -291,12 +302,15 @@ def _device_worker(i, connect, library, inputs, runs, warmup, timeout_s, retries
 
             def once():
                 sess = connect()
-                info = _device_info(sess)
-                if expect_arch and info.get("arch") not in (None, expect_arch):
-                    raise InvalidInputError(
-                        f"the device is {info['arch']}, the artifact is for {expect_arch}"
-                    )
-                return measure_session(sess, library, inputs, runs=runs, warmup=warmup)
+                try:
+                    info = _device_info(sess)
+                    if expect_arch and info.get("arch") not in (None, expect_arch):
+                        raise InvalidInputError(
+                            f"the device is {info['arch']}, the artifact is for {expect_arch}"
+                        )
+                    return measure_session(sess, library, inputs, runs=runs, warmup=warmup)
+                finally:
+                    _close(sess)
 
             report, outputs = _with_deadline(once, timeout_s, f"device {i}")
         except InvalidInputError as e:
@@ -316,3 +330,114 @@ def _device_worker(i, connect, library, inputs, runs, warmup, timeout_s, retries
         results[i] = report
         return
     results[i] = {"device": i, "errors": errors}
+
+
+# ---- the kernel search on a device ----------------------------------------------------------
+
+
+class RemoteMeasure:
+    """``edgec.lower.measure``'s interface (``cpu_model``, ``versions``, ``prepare``, ``measure``,
+    ``outputs``) with every candidate cross-linked by ``compiler``, uploaded and run on an RPC
+    device (one session, reopened after a failure). A failed or timed-out candidate raises, so
+    the search scores it as infinitely slow and goes on."""
+
+    def __init__(self, connect: Callable, compiler: str, timeout_s: float = 60.0):
+        self._connect, self.compiler, self.timeout_s = connect, compiler, timeout_s
+        self._sess, self.info, self._n = None, dict(UNKNOWN_DEVICE), 0
+
+    def _session(self):
+        if self._sess is None:
+            self._sess = _with_deadline(self._connect, self.timeout_s, "device")
+            self.info = _device_info(self._sess)
+        return self._sess
+
+    def _remote(self, fn: Callable, what: str):
+        try:
+            return _with_deadline(fn, self.timeout_s, what)
+        except Exception:
+            self._sess = None  # lost or stuck: the next candidate reconnects
+            raise
+
+    def close(self) -> None:
+        if self._sess is not None:
+            _close(self._sess)
+            self._sess = None
+
+    def cpu_model(self) -> str:
+        self._remote(self._session, "device")
+        cpu, arch = self.info.get("cpu", "?"), self.info.get("arch", "?")
+        emulated = f", emulated by {self.info['emulated']}" if self.info.get("emulated") else ""
+        return f"{cpu} ({arch}, via RPC{emulated})"
+
+    def versions(self) -> dict[str, str]:
+        from edgec.lower import measure
+
+        return measure.versions()
+
+    def prepare(self, threads: int) -> int:
+        return 0  # the device's runtime keeps its own thread pool
+
+    def _upload(self, lib):
+        from tvm.support import cc
+
+        self._n += 1
+        with tempfile.TemporaryDirectory(prefix="edgec-cand-") as tmp:
+            path = Path(tmp) / f"cand{self._n}.so"
+            lib.export_library(str(path), fcompile=cc.cross_compiler(self.compiler))
+            sess = self._session()
+            sess.upload(str(path), target=path.name)
+            return sess, sess.load_module(path.name)
+
+    def measure(self, task, knobs: dict, target: dict, *, repeat: int = 3,
+                min_repeat_ms: int = 25, seed: int = 0) -> float:  # fmt: skip
+        tvm = _tvm()
+        from edgec.lower import measure
+
+        lib, func = measure._timed_lib(task, knobs, tvm.target.Target(target))
+        arrays = measure._arrays(func, seed)
+
+        def run() -> float:
+            sess, rlib = self._upload(lib)
+            dev = sess.cpu()
+            args = [tvm.runtime.tensor(a, dev) for a in arrays]
+            timer = rlib.time_evaluator(
+                "main", dev, number=1, repeat=repeat, min_repeat_ms=min_repeat_ms
+            )
+            return float(np.min(timer(*args).results))
+
+        return self._remote(run, f"candidate on {self.info.get('cpu', 'the device')}")
+
+    def outputs(self, task, knobs: dict, target: dict, *, seed: int = 0) -> list[np.ndarray]:
+        tvm = _tvm()
+        from edgec.lower import measure
+
+        tgt = tvm.target.Target(target)
+        scheduled = measure._template(task.template).apply(task.func, task.info, knobs)
+        mod = tvm.IRModule({"main": scheduled.with_attr("global_symbol", "main")})
+        with tgt:
+            lib = tvm.tirx.build(mod, target=tgt)
+        written = measure._written(task.func)
+        arrays = measure._arrays(task.func, seed, tuple(written))
+
+        def run() -> list[np.ndarray]:
+            sess, rlib = self._upload(lib)
+            dev = sess.cpu()
+            args = [tvm.runtime.tensor(a, dev) for a in arrays]
+            rlib["main"](*args)
+            return [args[i].numpy() for i in written]
+
+        return self._remote(run, "candidate outputs")
+
+
+def remote_measure(rpc: str | None, tracker_addr: str | None, key: str, compiler: str,
+                   timeout_s: float = 60.0) -> RemoteMeasure:  # fmt: skip
+    """A RemoteMeasure on one RPC server, or on one device of a tracker's pool."""
+    from tvm import rpc as tvm_rpc
+
+    if rpc is not None:
+        addr = parse_address(rpc, "--rpc")
+        return RemoteMeasure(lambda: tvm_rpc.connect(*addr), compiler, timeout_s)
+    if not key:
+        raise InvalidInputError("--tracker needs --key (the device key the servers registered)")
+    taddr = parse_address(tracker_addr, "--tracker")
+    return RemoteMeasure(lambda: _tracker(taddr).request(key, max_retry=1), compiler, timeout_s)

@@ -11,6 +11,7 @@ import pytest
 import edgec
 from edgec import deploy, targets, verify
 from edgec.deploy import toolchain
+from edgec.errors import VerificationError
 from edgec.report import latency
 
 SHAPE = {"x": (1, 3, 16, 16)}
@@ -41,7 +42,8 @@ def test_native_bundle_runs_without_python_and_reports_bench_keys(conv_relu, tmp
     # the documented command line, run from the bundle directory
     proc = subprocess.run(
         ["./edgec-run", "./model.so", "-i", tmp_path / "x.npy", "-o", tmp_path / "y.npy",
-         "--runs", "7", "--warmup", "2", "--threads", "1", "--report", tmp_path / "lat.json"],
+         "--runs", "7", "--warmup", "2", "--threads", "1", "--report", tmp_path / "lat.json",
+         "--profile", "3"],
         cwd=out, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
@@ -57,6 +59,12 @@ def test_native_bundle_runs_without_python_and_reports_bench_keys(conv_relu, tmp
     assert report["threads"] == 1 and report["peak_rss_mb"] > 1
     assert report["device"]["arch"] == "x86_64" and report["device"]["cores"] >= 1
     assert report["device"]["emulated"] is None
+    # per-kernel profile on the device (the VM's instrument hook), slowest first
+    rows = report["profile"]
+    (conv,) = [r for r in rows if r["kernel"].startswith("fused_conv2d")]
+    assert conv["calls"] == 1 and conv["ms"] > 0
+    assert [r["ms"] for r in rows] == sorted((r["ms"] for r in rows), reverse=True)
+    assert abs(sum(r["share"] for r in report["profile"]) - 1) < 1e-6
 
 
 def test_bad_input_gives_a_clear_runner_error(conv_relu, tmp_path):
@@ -114,3 +122,20 @@ def test_arm64_zoo_model_matches_onnxruntime_under_qemu(name, zoo, tmp_path):
     (want,) = verify.run_onnxruntime(onnx.load(path), {"input": x}).values()
     assert y.shape == want.shape and _scaled_err(y, want) <= 1e-4
     assert report["device"]["arch"] == "aarch64" and report["edgec"]["runs"] == 2
+
+
+@needs_qemu
+def test_a_wrong_result_under_qemu_fails_the_compile_and_writes_nothing(conv_relu, tmp_path,
+                                                                         monkeypatch):  # fmt: skip
+    real = deploy.run_bundle
+
+    def off_by_a_bit(*args, **kw):
+        outputs, report = real(*args, **kw)
+        return [o + 1e-2 * np.abs(o).max() for o in outputs], report
+
+    monkeypatch.setattr(deploy, "run_bundle", off_by_a_bit)
+    with pytest.raises(VerificationError, match="outputs differ from onnxruntime") as e:
+        edgec.compile(conv_relu, tmp_path / "out", target="arm64", input_shapes=SHAPE)
+    assert e.value.report["verification"]["emulated"] == "qemu-aarch64: correctness only"
+    assert 9e-3 < e.value.report["verification"]["scaled_err"] < 1.1e-2
+    assert not (tmp_path / "out").exists()
