@@ -1,0 +1,1 @@
+"""Quantization: calibration and integer-only kernels (I-ViT: ``intops``, ``ivit``)."""
