@@ -34,7 +34,7 @@ def run_all(cases: list[tuple[str, np.ndarray, dict]]) -> list[np.ndarray]:
 
 
 def check(cases, expected):
-    for (kind, x, params), got, want in zip(cases, run_all(cases), expected, strict=True):
+    for (kind, _, params), got, want in zip(cases, run_all(cases), expected, strict=True):
         if want.dtype != np.int64:  # requantized codes: the exact code type
             assert got.dtype == want.dtype, (kind, params)
         assert np.array_equal(got.astype(np.int64), want.astype(np.int64)), (kind, params)
