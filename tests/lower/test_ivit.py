@@ -51,8 +51,9 @@ def test_shiftmax_bit_exact():
         ("shiftmax", logits, {"scale": 0.021, "out_bits": 8}),
         ("shiftmax", long_rows, {"scale": 0.05}),
         ("shiftmax", wide, {"scale": 0.003}),
+        ("shiftmax", logits, {"scale": 0.15, "shift": 4, "n": 12}),  # coarse logits, shifted
     ]
-    check(cases, [I.shiftmax(x, p["scale"], p.get("out_bits", 16))[0] for _, x, p in cases])
+    check(cases, [I.shiftmax(x, **p)[0] for _, x, p in cases])
 
 
 def test_shift_gelu_bit_exact():
