@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from collections.abc import Mapping
 
 import numpy as np
@@ -577,6 +578,45 @@ def _remove_dead(model: onnx.ModelProto) -> None:
     inits = [t for t in g.initializer if t.name in live]
     del g.initializer[:]
     g.initializer.extend(inits)
+
+
+# ------------------------------------------------------------------ the int8 flow's entry point
+
+# An integer rewrite changes rounding: the gate is the cosine of every output vs the QDQ model.
+MIN_COSINE = 0.99
+
+
+def apply(
+    qdq: onnx.ModelProto, seed: int = 0, options: Options = Options()
+) -> tuple[onnx.ModelProto, dict]:
+    """Rewrite a calibrated QDQ model and verify it; returns (model, report entry).
+
+    The check runs both models on seeded random inputs (``edgec.verify.random_inputs``): the
+    rewrite is kept only if every output's cosine vs the QDQ model is >= ``MIN_COSINE``;
+    otherwise the QDQ model comes back unchanged with status "reverted" and the reason.
+    The entry lists the rewrites, declined islands and the per-island error table.
+    """
+    from edgec import verify as ort_verify
+    from edgec.frontend import signature
+
+    t0 = time.perf_counter()
+    result = rewrite(qdq, options)
+    entry: dict = {"name": "ivit", "stats": result.stats, "declined": result.declined}
+    if not any(result.stats.values()):
+        entry["status"] = "unchanged"
+        return qdq, entry
+    inputs, _ = signature(qdq)
+    feeds = ort_verify.random_inputs(inputs, seed)
+    summary, rows = verify(qdq, result, feeds)
+    worst = min(v["cosine"] for v in summary.values())
+    entry.update(cosine_vs_qdq=worst, outputs=summary, per_op=rows)
+    entry["seconds"] = round(time.perf_counter() - t0, 3)
+    if worst < MIN_COSINE:
+        entry["status"] = "reverted"
+        entry["reason"] = f"cosine {worst:.4f} vs the QDQ model < {MIN_COSINE}"
+        return qdq, entry
+    entry["status"] = "applied"
+    return result.model, entry
 
 
 # ------------------------------------------------------------------ numpy semantics

@@ -203,3 +203,15 @@ def test_island_kinds():
     assert all(summary[o]["cosine"] > 0.99 for o in "abcde")
     assert summary["f"]["max_abs_err"] == 0.0  # untouched
     assert max(r["max_steps"] for r in rows if r["op"] == "ILayerNorm") <= 2
+
+
+def test_apply_gate(digits, monkeypatch):
+    _, qdq, _, _ = digits
+    model, entry = ivit.apply(qdq)
+    assert entry["status"] == "applied" and entry["cosine_vs_qdq"] >= ivit.MIN_COSINE
+    assert sum(n.domain == ivit.DOMAIN for n in model.graph.node) == 15
+    assert {r["op"] for r in entry["per_op"]} == set(ivit.OPS)
+    monkeypatch.setattr(ivit, "MIN_COSINE", 1.01)  # impossible: the gate must revert
+    model, entry = ivit.apply(qdq)
+    assert entry["status"] == "reverted" and "cosine" in entry["reason"]
+    assert model is qdq
