@@ -155,23 +155,24 @@ def kernels(repeats: int) -> dict:
     def int_module(op: str, shape):
         bb = relax.BlockBuilder()
         x = relax.Var("x", relax.TensorType(shape, "int8"))
-        with bb.function("main", [x]), bb.dataflow():
-            c = shape[-1]
-            if op == "softmax":
-                rq = livit.Requant.to_scale(2.0**-15, 1 / 127, 0, "int8")
-                out = livit.emit(bb, "shiftmax", x, scale=0.05, requant=rq)
-            elif op == "gelu":
-                attrs = {"scale": 0.05, "zero_point": 0, "in_dtype": "int8", "factor": 1.0,
-                         "division_bits": 62, "offset": "element", "out_scale": 0.03,
-                         "out_zero_point": 0, "out_dtype": "int8"}  # fmt: skip
-                out = livit.convert_node(bb, "ShiftGELU", [x], attrs)
-            else:
-                g, b = np.ones(c), np.zeros(c)
-                _, s_c = intops.layernorm_bias(g, b, c)
-                rq = livit.Requant.to_scale(s_c, 0.03, 0, "int8")
-                out = livit.emit(bb, "layernorm", x, gamma=g, beta=b, sqrt_start="bitlen",
-                                 shift=16, requant=rq)  # fmt: skip
-            out = bb.emit_output(out)
+        with bb.function("main", [x]):
+            with bb.dataflow():
+                c = shape[-1]
+                if op == "softmax":
+                    rq = livit.Requant.to_scale(2.0**-15, 1 / 127, 0, "int8")
+                    out = livit.emit(bb, "shiftmax", x, scale=0.05, requant=rq)
+                elif op == "gelu":
+                    attrs = {"scale": 0.05, "zero_point": 0, "in_dtype": "int8", "factor": 1.0,
+                             "division_bits": 62, "offset": "element", "out_scale": 0.03,
+                             "out_zero_point": 0, "out_dtype": "int8"}  # fmt: skip
+                    out = livit.convert_node(bb, "ShiftGELU", [x], attrs)
+                else:
+                    g, b = np.ones(c), np.zeros(c)
+                    _, s_c = intops.layernorm_bias(g, b, c)
+                    rq = livit.Requant.to_scale(s_c, 0.03, 0, "int8")
+                    out = livit.emit(bb, "layernorm", x, gamma=g, beta=b, sqrt_start="bitlen",
+                                     shift=16, requant=rq)  # fmt: skip
+                out = bb.emit_output(out)
             bb.emit_func_output(out)
         return tvm.compile(bb.get(), target=tgt)
 
