@@ -104,14 +104,22 @@ def test_digits_top1(digits):
     assert acc_int >= acc_fp32 - 0.01
 
 
-def test_digits_tvm_bit_exact(digits):
+OFFICIAL = ivit.Options(
+    shiftmax_shift=False, gelu_division_bits=31, gelu_offset="row_max", sqrt_start="fixed"
+)
+
+
+@pytest.mark.parametrize("options", [ivit.Options(), OFFICIAL], ids=["default", "official"])
+def test_digits_tvm_bit_exact(digits, options):
     pytest.importorskip("tvm")
     import tvm
     from tvm import relax
 
     from edgec import lower, targets
 
-    _, _, result, data = digits
+    _, qdq, result, data = digits
+    if options != ivit.Options():  # the official variants: ShiftGELU as a TIR kernel
+        result = ivit.rewrite(qdq, options)
     ex, records = lower.build(result.model, targets.get("x86_64"), 1)
     vm = relax.VirtualMachine(ex, tvm.cpu())
     kernels = {r["kernel"].rstrip("0123456789") for r in records}
