@@ -3,6 +3,7 @@ fp32, int8 QDQ and I-ViT integer-only int8 (``edgec.quant.ivit``) on the held-ou
 
     python bench/ivit_digits.py train     # writes tests/data/ivit_digits.onnx and .npz
     python bench/ivit_digits.py evaluate  # top-1: fp32 / QDQ (onnxruntime) / integer-only
+    (--tvm: also through TVM; --official: the official QAT-simulation kernel variants)
 
 Needs torch and scikit-learn (training only). The split is deterministic: scikit-learn's
 ``train_test_split(test_size=0.2, random_state=0, stratify=y)``; calibration uses the first
@@ -117,14 +118,18 @@ def top1(run, x: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(np.array(pred) == y))
 
 
-def evaluate(use_tvm: bool = False) -> dict:
+OFFICIAL = dict(shiftmax_shift=False, gelu_division_bits=31, gelu_offset="row_max",
+                sqrt_start="fixed")  # fmt: skip
+
+
+def evaluate(use_tvm: bool = False, official: bool = False) -> dict:
     from edgec import verify
     from edgec.quant import ivit
 
     data = np.load(SPLIT)
     fp32 = onnx.load(MODEL)
     qdq = quantize(fp32, data["x_calib"])
-    result = ivit.rewrite(qdq)
+    result = ivit.rewrite(qdq, ivit.Options(**OFFICIAL) if official else ivit.Options())
     sessions = {"fp32": verify.ort_session(fp32), "qdq": verify.ort_session(qdq)}
     runs = {name: _runner(s) for name, s in sessions.items()}
     runs["integer"] = lambda x: ivit.evaluate(result.model, {"input": x})["logits"]
@@ -146,11 +151,12 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("command", choices=["train", "evaluate"])
     ap.add_argument("--tvm", action="store_true", help="also run the integer model through TVM")
+    ap.add_argument("--official", action="store_true", help="the official kernel variants")
     args = ap.parse_args(argv)
     if args.command == "train":
         train()
     else:
-        print(evaluate(args.tvm))
+        print(evaluate(args.tvm, args.official))
     return 0
 
 
