@@ -93,6 +93,8 @@ def shiftmax_func(
     x0 = intops.shift_exp_x0(scale / 2**shift)
     if -x0 * 2 ** (n + 1) > INT32_MAX:
         raise ValueError(f"Shiftmax: |x0| * 2^(n+1) exceeds int32 (scale {scale}, n {n})")
+    if 2 * (2 ** (8 * np.dtype(in_dtype).itemsize) << shift) > INT32_MAX:
+        raise ValueError(f"Shiftmax: {in_dtype} inputs shifted by {shift} exceed int32")
     floor_ = n * x0
     out_shift = 31 - (out_bits - 1)
     out_dtype = requant.dtype if requant else "int32"

@@ -15,6 +15,13 @@ fixed Newton start 2^16. The documented alternatives are options:
   0.05 instead of 0.17-0.24).
 * ``i_layernorm(..., sqrt_start="bitlen")``: the paper's start ``2^(bitlen(var)//2)``, exact for
   small variances where the fixed start under-normalizes (var < 2^18).
+
+Extensions found necessary for calibrated (not QAT) 8-bit models, off by default:
+
+* ``shift_gelu(..., offset="element")``: no row max; avoids sigma = 0.5 when both exponentials
+  hit the 2^-n floor, and makes ShiftGELU a function of the input code alone.
+* ``shiftmax(..., shift=, n=)`` (``shiftmax_params``): more bits for ``x0`` on coarse logits.
+* ``i_layernorm(..., shift=)``: fractional bits for the mean and sqrt of 8-bit inputs.
 """
 
 from __future__ import annotations
