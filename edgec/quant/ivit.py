@@ -231,9 +231,7 @@ def _find_island(g: _Graph, dq: onnx.NodeProto) -> _Island | str:
                 if not allowed:
                     continue
                 if any(g.const(i) is None for i in other):
-                    if all(g.const(i) is not None or i in g.producer for i in other):
-                        continue  # may join later through another path
-                    continue
+                    continue  # an operand from outside (or not reached yet: a later round)
                 if op in ("Add", "Sub", "Mul", "Div", "Pow") and not all(
                     _scalar(g.const(i)) or np.ndim(g.const(i)) <= 1 for i in other
                 ):
