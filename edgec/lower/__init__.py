@@ -7,6 +7,7 @@ constant folding, operator fusion) plus dlight's CPU reduction rules, and compil
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import warnings
@@ -143,10 +144,13 @@ def to_relax(model: onnx.ModelProto):
     import tvm
     from tvm.relax.frontend.onnx import from_onnx
 
-    from edgec.lower import ivit
+    converters = contextlib.nullcontext()
+    if any(node.domain == "ai.edgec" for _, node in _all_nodes(model.graph)):
+        from edgec.lower import ivit  # I-ViT integer nodes (edgec.quant.ivit)
 
+        converters = ivit.converters()
     try:
-        with warnings.catch_warnings(), ivit.converters():
+        with warnings.catch_warnings(), converters:
             warnings.simplefilter("ignore")
             return from_onnx(model, keep_params_in_input=False)
     except (

@@ -85,15 +85,18 @@ def shiftmax_func(
     out_bits: int = 16,
     n: int = intops.SHIFTMAX_N,
     requant: Requant | None = None,
+    shift: int = 0,
 ) -> tirx.PrimFunc:
     """Shiftmax over the last axis (int32 inside; the row sum in int64, clamped to 2^31 - 1).
 
     Output: the ``out_bits`` codes as int32, or ``requant``'s codes."""
-    x0 = intops.shift_exp_x0(scale)
+    x0 = intops.shift_exp_x0(scale / 2**shift)
     if -x0 * 2 ** (n + 1) > INT32_MAX:
         raise ValueError(f"Shiftmax: |x0| * 2^(n+1) exceeds int32 (scale {scale}, n {n})")
+    if 2 * (2 ** (8 * np.dtype(in_dtype).itemsize) << shift) > INT32_MAX:
+        raise ValueError(f"Shiftmax: {in_dtype} inputs shifted by {shift} exceed int32")
     floor_ = n * x0
-    shift = 31 - (out_bits - 1)
+    out_shift = 31 - (out_bits - 1)
     out_dtype = requant.dtype if requant else "int32"
     I32 = "int32"
 
@@ -112,18 +115,18 @@ def shiftmax_func(
                         m[0] = T.max(m[0], T.Cast(I32, x[i, j]))
                     s[0] = T.int64(0)
                     for j in range(width):
-                        d = T.Cast(I32, x[i, j]) - m[0]
+                        d = T.shift_left(T.Cast(I32, x[i, j]) - m[0], shift)
                         p = T.max(d + T.shift_right(d, 1) - T.shift_right(d, 4), floor_)
                         q = T.truncdiv(0 - p, -x0)  # p <= 0: floor(p / x0) = trunc(-p / -x0)
                         e = T.shift_right(T.shift_left(p - q * x0 - 2 * x0, n - q), 1)
                         s[0] = s[0] + T.Cast("int64", e)
                     f = T.Cast(I32, T.floordiv(T.int64(INT32_MAX), T.min(s[0], T.int64(INT32_MAX))))
                     for j in range(width):
-                        d2 = T.Cast(I32, x[i, j]) - m[0]
+                        d2 = T.shift_left(T.Cast(I32, x[i, j]) - m[0], shift)
                         p2 = T.max(d2 + T.shift_right(d2, 1) - T.shift_right(d2, 4), floor_)
                         q2 = T.truncdiv(0 - p2, -x0)
                         e2 = T.shift_right(T.shift_left(p2 - q2 * x0 - 2 * x0, n - q2), 1)
-                        v = T.shift_right(f * e2, shift)
+                        v = T.shift_right(f * e2, out_shift)
                         if requant is None:
                             out[i, j] = v
                         else:
@@ -385,7 +388,10 @@ def convert_node(bb: relax.BlockBuilder, op: str, inputs: list, attrs: dict) -> 
         rq = Requant.to_scale(
             2.0 ** -(a["out_bits"] - 1), a["out_scale"], a["out_zero_point"], a["out_dtype"]
         )
-        return emit(bb, "shiftmax", x, scale=a["scale"], out_bits=a["out_bits"], requant=rq)
+        return emit(
+            bb, "shiftmax", x, scale=a["scale"], out_bits=a["out_bits"], requant=rq,
+            n=a.get("n", intops.SHIFTMAX_N), shift=a.get("shift", 0),
+        )  # fmt: skip
     if op == "ShiftGELU":
         if a["offset"] == "element":  # a function of the code alone: a table, exact
             table, first = qivit.gelu_table(a)

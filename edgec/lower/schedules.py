@@ -471,6 +471,9 @@ def apply_all(
         if not isinstance(func, tirx.PrimFunc):
             continue
         record = {"kernel": gv.name_hint, "template": None}
+        if func.attrs is not None and "edgec.ivit" in func.attrs:  # scheduled by edgec.lower.ivit
+            records.append({**record, "template": "ivit", "knobs": {}, "flops": 0})
+            continue
         for template in TEMPLATES:
             try:
                 info = template.match(func)

@@ -15,6 +15,13 @@ fixed Newton start 2^16. The documented alternatives are options:
   0.05 instead of 0.17-0.24).
 * ``i_layernorm(..., sqrt_start="bitlen")``: the paper's start ``2^(bitlen(var)//2)``, exact for
   small variances where the fixed start under-normalizes (var < 2^18).
+
+Extensions found necessary for calibrated (not QAT) 8-bit models, off by default:
+
+* ``shift_gelu(..., offset="element")``: no row max; avoids sigma = 0.5 when both exponentials
+  hit the 2^-n floor, and makes ShiftGELU a function of the input code alone.
+* ``shiftmax(..., shift=, n=)`` (``shiftmax_params``): more bits for ``x0`` on coarse logits.
+* ``i_layernorm(..., shift=)``: fractional bits for the mean and sqrt of 8-bit inputs.
 """
 
 from __future__ import annotations
@@ -130,6 +137,14 @@ def shift_exp(x, x0: int, n: int) -> np.ndarray:
     return ((r - 2 * x0) << (n - q)) >> 1  # floor((r/2 - x0) * 2^(n-q)), always > 0
 
 
+def shiftmax_params(scale: float) -> tuple[int, int]:
+    """(shift, n) for ``shiftmax`` on coarse logits: ``|x0|`` about 2^6..2^7 after the shift,
+    ``n`` such that ``|x0| * 2^n <= 2^19`` (the official S = 0.05, n = 15 gives 2^19.3)."""
+    shift = max(0, math.ceil(math.log2(64 * scale)))
+    x0 = shift_exp_x0(scale / 2**shift)
+    return shift, max(8, min(SHIFTMAX_N, 19 - math.ceil(math.log2(-x0))))
+
+
 def exp_cap(x0: int, n: int, top: int) -> int:
     """Offline: the smallest ``t >= 0`` with ``shift_exp(t) >= top``.
 
@@ -152,9 +167,18 @@ def exp_cap(x0: int, n: int, top: int) -> int:
     return hi
 
 
-def shiftmax(x, scale: float, out_bits: int = 16, axis: int = -1, n: int = SHIFTMAX_N):
-    """Integer softmax of ``x * scale`` along ``axis``; returns (out, 2^-(out_bits-1))."""
-    x = np.moveaxis(_i64(x), axis, -1)
+def shiftmax(
+    x, scale: float, out_bits: int = 16, axis: int = -1, n: int = SHIFTMAX_N, shift: int = 0
+):
+    """Integer softmax of ``x * scale`` along ``axis``; returns (out, 2^-(out_bits-1)).
+
+    ``shift`` > 0 (an extension, 0 = official) runs on ``x << shift`` with scale
+    ``scale / 2^shift``: ``x0 = floor(-1/S)`` then has more bits, which matters for coarse
+    logits (S >= 0.1: |x0| <= 10, a 5 % exponent error). Pair it with a smaller ``n`` so that
+    ``|x0| * 2^n`` (the largest exponential) stays near 2^19 and ``f`` keeps its precision.
+    """
+    x = np.moveaxis(_i64(x), axis, -1) << shift
+    scale = scale / 2**shift
     x0 = shift_exp_x0(scale)
     e = shift_exp(x - x.max(axis=-1, keepdims=True), x0, n)
     s = np.minimum(e.sum(axis=-1, keepdims=True), INT32_MAX)

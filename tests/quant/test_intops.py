@@ -225,6 +225,20 @@ def test_shiftmax_vs_float(s, bound, mass):
     assert np.abs((out * scale).sum(-1) - 1).max() < mass
 
 
+@pytest.mark.parametrize("s", [0.02, 0.05, 0.15, 0.25])
+def test_shiftmax_shift_for_coarse_logits(s):
+    x = np.clip(np.round(RNG.normal(0, 3 / s, (64, 17))), -128, 127).astype(np.int64)
+    ref = _softmax(x * s)
+    shift, n = I.shiftmax_params(s)
+    assert -I.shift_exp_x0(s / 2**shift) * 2**n <= 2**20
+    out, scale = I.shiftmax(x, s, shift=shift, n=n)
+    err = np.abs(out * scale - ref).max()
+    assert err < 0.02  # official (shift 0, n 15): 0.045 at S = 0.15 (x0 = -7 for 1/S = 6.67)
+    if s >= 0.15:
+        plain, _ = I.shiftmax(x, s)
+        assert np.abs(plain * scale - ref).max() > 2 * err
+
+
 @pytest.mark.parametrize(("s", "bound", "precise"), [(0.03, 0.25, 0.05), (0.05, 0.25, 0.055)])
 def test_shift_gelu_vs_float(s, bound, precise):
     x = RNG.integers(-128, 128, (16, 768))
