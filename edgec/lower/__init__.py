@@ -159,7 +159,7 @@ def to_relax(model: onnx.ModelProto):
         NotImplementedError,
     ) as e:
         raise UnsupportedModelError(f"TVM's ONNX importer does not support this model: {e}") from e
-    except (tvm.error.TVMError, ValueError, KeyError, TypeError, AssertionError) as e:
+    except (RuntimeError, ValueError, KeyError, TypeError, AssertionError) as e:  # tvm_ffi errors
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UnsupportedModelError(f"TVM's ONNX importer failed on this model: {first}") from e
 

@@ -1,6 +1,6 @@
 """Per-kernel profile of a compiled artifact: where the time goes.
 
-.venv/bin/python bench/profile.py OUT/ [--reps 20] [--top 15]
+.venv/bin/python bench/kernel_profile.py OUT/ [--reps 20] [--top 15]
 """
 
 from __future__ import annotations
