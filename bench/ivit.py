@@ -24,9 +24,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-# bench/profile.py would shadow the standard library's profile module that torch imports
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
 
 def deit_qdq(calib: int, seed: int = 0) -> tuple[onnx.ModelProto, onnx.ModelProto]:
     import torch

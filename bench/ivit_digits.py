@@ -22,9 +22,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-# bench/profile.py would shadow the standard library's profile module that torch imports
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
 MODEL, SPLIT = DATA / "ivit_digits.onnx", DATA / "ivit_digits.npz"
 
