@@ -211,12 +211,14 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
                 log=log,
             )  # fmt: skip
             optimized = quantized.model
+    to_build, ivit_report = _ivit(optimized, seed, step)
+    floor = ivit_report["min_cosine_required"] if ivit_report else None  # lowering check
     with step("build", f"build for {tgt.name}" + (f" (search {search})" if tuner else "")):
         plans: list = []
         lowered: dict = {}  # what the integer lowering did (edgec.lower.qdq)
         try:
             executable, kernels = lower.build(
-                optimized, tgt, threads, tune=tuner, conv_algo=conv_algo, conv_plan=plans,
+                to_build, tgt, threads, tune=tuner, conv_algo=conv_algo, conv_plan=plans,
                 integer_only=integer_only, quant=lowered,
             )  # fmt: skip
         finally:
@@ -281,6 +283,8 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
             report["quantization"] = quantized.report
             report["accuracy"] = quantized.accuracy
             report["warnings"] = quantized.warnings
+        if ivit_report:
+            report["ivit"] = ivit_report
         if lowered:
             report["int8"] = lowered
             report["float_ops"] = lowered["float_ops"]
@@ -291,7 +295,7 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
                 report["verification"] = _verify(
                     tmp, imported, verify_inputs, tolerance, seed, threads,
                     run=deploy.emulated_runner(tmp, emulator),
-                    reference=quantized.model if quantized is not None else None,
+                    reference=quantized.model if quantized is not None else None, min_cosine=floor,
                 )  # fmt: skip
                 report["verification"]["emulated"] = f"{tgt.emulator}: correctness only"
             report["latency"] = {"skipped": deploy.EMULATED_LATENCY}
@@ -315,14 +319,14 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
         elif verify_result and quantized is not None:
             with step("verify", "verify int8 accuracy against the fp32 model"):
                 report["verification"] = _verify_int8(
-                    tmp, imported, quantized, given_tolerance, threads
+                    tmp, imported, quantized, given_tolerance, threads, floor
                 )
             if not report["verification"]["passed"]:
                 raise VerificationError(_verification_message(report["verification"]), report)
         elif verify_result:
             with step("verify", "verify against onnxruntime"):
                 report["verification"] = _verify(
-                    tmp, imported, verify_inputs, tolerance, seed, threads
+                    tmp, imported, verify_inputs, tolerance, seed, threads, min_cosine=floor
                 )
             if not report["verification"]["passed"]:
                 raise VerificationError(_verification_message(report["verification"]), report)
@@ -399,6 +403,7 @@ def _verify(
     threads: int,
     run: Callable[[list[np.ndarray]], list[np.ndarray]] | None = None,
     reference: onnx.ModelProto | None = None,
+    min_cosine: float | None = None,
 ) -> dict:
     """Compare the artifact in ``lib_dir`` with onnxruntime running ``reference`` (default: the
     source model); ``run`` executes it (default: the TVM runtime in this process)."""
@@ -412,11 +417,15 @@ def _verify(
 
     run = run or lower.Runtime(lib_dir / artifact.LIBRARY, threads).run
     actual = run([feeds[s.name] for s in imported.inputs])
-    return _verification(expected, actual, source, tolerance)
+    return _verification(expected, actual, source, tolerance, min_cosine)
 
 
-def _verification(expected: dict, actual: list, source: str, tolerance: float) -> dict:
-    """The report's ``verification`` section: artifact outputs vs onnxruntime's."""
+def _verification(
+    expected: dict, actual: list, source: str, tolerance: float, min_cosine: float | None = None
+) -> dict:
+    """The report's ``verification`` section: artifact outputs vs onnxruntime's. It passes when
+    the scaled error is within ``tolerance``, or with ``min_cosine`` (I-ViT's integer ops, which
+    approximate the float ones) when every output's cosine reaches it."""
     metrics = verify.compare_all(dict(zip(expected, actual, strict=True)), expected)
     top1 = {}
     for (name, ref), got in zip(expected.items(), actual, strict=True):
@@ -424,11 +433,14 @@ def _verification(expected: dict, actual: list, source: str, tolerance: float) -
         if agreement is not None:
             metrics[name]["top1_agreement"] = top1[name] = agreement
     worst = verify.worst(metrics)
+    cosine = min(m.get("cosine", -1.0) for m in metrics.values())
+    passed = worst["scaled_err"] <= tolerance if min_cosine is None else cosine >= min_cosine
     return {
         "inputs": source,
         "reference": "onnxruntime (graph optimizations off) on the source model",
         "tolerance": tolerance,
-        "passed": bool(worst["scaled_err"] <= tolerance),
+        **({"ivit_min_cosine_required": min_cosine} if min_cosine is not None else {}),
+        "passed": bool(passed),
         "outputs": metrics,
         "max_abs_err": max(m.get("max_abs_err", np.inf) for m in metrics.values()),
         "max_rel_err": max(m.get("max_rel_err", np.inf) for m in metrics.values()),
@@ -436,6 +448,25 @@ def _verification(expected: dict, actual: list, source: str, tolerance: float) -
         "scaled_err": worst["scaled_err"],
         **({"top1_agreement": min(top1.values())} if top1 else {}),
     }
+
+
+def _ivit(model: onnx.ModelProto, seed: int, step) -> tuple[onnx.ModelProto, dict | None]:
+    """On a quantized (QDQ) graph, I-ViT's integer-only Softmax/GELU/LayerNorm/residual kernels
+    replace the float islands (``edgec.quant.ivit``; the rewrite is checked against the QDQ model
+    and reverted below ``ivit.MIN_COSINE``). Returns the model to build and the report entry
+    (None when nothing was rewritten); the QDQ model stays the artifact's model.onnx and the
+    reference, and the lowering is then checked by cosine (the integer ops approximate)."""
+    if not any(n.op_type == "QuantizeLinear" for n in model.graph.node):
+        return model, None
+    from edgec.quant import ivit
+
+    with step("ivit", "I-ViT integer-only softmax/GELU/LayerNorm"):
+        rewritten, entry = ivit.apply(model, seed=seed)
+    if entry["status"] == "unchanged":
+        return model, None
+    applied = entry["status"] == "applied"  # else "reverted": the QDQ model is built as it is
+    entry["min_cosine_required"] = ivit.MIN_COSINE if applied else None
+    return rewritten, entry
 
 
 def _int8_options(int8, calib, calib_samples, calib_method, calib_preprocess, dfq, keep_float):
@@ -462,7 +493,10 @@ def _int8_options(int8, calib, calib_samples, calib_method, calib_preprocess, df
     return options
 
 
-def _verify_int8(lib_dir: Path, imported, quantized, tolerance: float | None, threads: int):
+def _verify_int8(
+    lib_dir: Path, imported, quantized, tolerance: float | None, threads: int,
+    ivit_floor: float | None = None,
+):  # fmt: skip
     """The artifact on the accuracy samples against (1) the QDQ model in onnxruntime, which it
     implements: scaled error <= ``tolerance`` (the lowering's error), and (2) the fp32 model:
     worst per-sample cosine >= ``verify.MIN_COSINE["int8"]`` (the quantization's error)."""
@@ -491,8 +525,14 @@ def _verify_int8(lib_dir: Path, imported, quantized, tolerance: float | None, th
         "tolerance": tolerance,
         "min_cosine_required": floor,
         "passed": bool(
-            worst_lowering["scaled_err"] <= tolerance and worst_fp32["min_cosine"] >= floor
-        ),
+            (
+                worst_lowering["scaled_err"] <= tolerance
+                if ivit_floor is None
+                else worst_lowering["min_cosine"] >= ivit_floor
+            )
+            and worst_fp32["min_cosine"] >= floor
+        ),  # fmt: skip
+        **({"ivit_min_cosine_required": ivit_floor} if ivit_floor is not None else {}),
         "outputs": lowering,
         **worst_lowering,
         "vs_fp32": {**worst_fp32, "outputs": vs_fp32},
@@ -502,8 +542,9 @@ def _verify_int8(lib_dir: Path, imported, quantized, tolerance: float | None, th
 def _verification_message(v: dict) -> str:
     floor = v.get("min_cosine_required")  # int8: accuracy against the fp32 model
     int8 = f"; int8: worst-sample cosine >= {floor:g} vs fp32" if floor else ""
-    lines = [f"verification failed: outputs differ from onnxruntime (tolerance {v['tolerance']:g}"
-             f"{int8})"]  # fmt: skip
+    ivit = v.get("ivit_min_cosine_required")  # I-ViT integer ops: judged by cosine
+    criterion = f"cosine >= {ivit:g}, I-ViT" if ivit else f"tolerance {v['tolerance']:g}"
+    lines = [f"verification failed: outputs differ from onnxruntime ({criterion}{int8})"]
     for name, m in v.get("vs_fp32", {}).get("outputs", {}).items():
         flag = "FAIL" if m.get("min_cosine", -1.0) < floor else "ok"
         lines.append(f"  {name} vs fp32: worst-sample cosine {m.get('min_cosine', -1.0):.6f} "
@@ -514,7 +555,8 @@ def _verification_message(v: dict) -> str:
         elif m.get("nonfinite_mismatch"):
             lines.append(f"  {name}: NaN/Inf where onnxruntime has finite values (or vice versa)")
         else:
-            flag = "FAIL" if m["scaled_err"] > v["tolerance"] else "ok"
+            bad = m["cosine"] < ivit if ivit else m["scaled_err"] > v["tolerance"]
+            flag = "FAIL" if bad else "ok"
             lines.append(
                 f"  {name}: scaled err {m['scaled_err']:.3g}, max abs err {m['max_abs_err']:.3g}, "
                 f"cosine {m['cosine']:.6f} [{flag}]"

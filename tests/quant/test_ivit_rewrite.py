@@ -248,3 +248,32 @@ def test_uint8_activations():
     vm = relax.VirtualMachine(ex, tvm.cpu())
     got = vm["main"](tvm.runtime.tensor(x)).numpy()
     assert np.array_equal(got, ivit.evaluate(result.model, {"input": x})["logits"])
+
+
+def test_compile_int8_applies_ivit_end_to_end(tmp_path):
+    """`edgec compile --int8` on the digits ViT: the I-ViT rewrite runs on the calibrated QDQ
+    graph, the artifact passes verification (lowering by cosine, accuracy vs fp32) and keeps
+    its top-1 on the held-out set within a point of fp32."""
+    import edgec
+
+    data = np.load(DATA / "ivit_digits.npz")
+    images = (data["x_test"][:, None] / 16.0).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", input=(data["x_calib"][:, None] / 16.0).astype(np.float32))
+    fp32 = onnx.load(DATA / "ivit_digits.onnx")
+    result = edgec.compile(DATA / "ivit_digits.onnx", tmp_path / "out", int8=True,
+                           calib=tmp_path / "calib.npz", bench=False)  # fmt: skip
+    report = result.report
+    entry = report["ivit"]
+    assert entry["status"] == "applied", entry
+    assert entry["stats"]["Shiftmax"] == 2 and entry["stats"]["ShiftGELU"] == 2
+    assert entry["stats"]["ILayerNorm"] >= 4 and entry["min_cosine_required"] == ivit.MIN_COSINE
+    v = report["verification"]
+    assert v["passed"] and v["ivit_min_cosine_required"] == ivit.MIN_COSINE
+    model = edgec.load(tmp_path / "out")
+    (name,) = [o.name for o in fp32.graph.output]
+    got = np.array([model(input=images[i : i + 1])[name].argmax() for i in range(len(images))])
+    ref = verify.ort_session(fp32, optimize=False, threads=1)
+    want = np.concatenate([ref.run(None, {"input": images[i : i + 1]})[0].argmax(1)
+                           for i in range(len(images))])  # fmt: skip
+    acc, acc_fp32 = np.mean(got == data["y_test"]), np.mean(want == data["y_test"])
+    assert acc >= acc_fp32 - 0.01, (acc, acc_fp32)
