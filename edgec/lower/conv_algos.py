@@ -335,6 +335,7 @@ class Plan:
         self.log = log or (lambda _m: None)
         self.layers: list[dict] = []
         self.kernel_of: dict[str, list[int]] = {}  # final kernel name -> layer indices
+        self.tasks: dict = {}  # auto: "variant/kernel" -> measure.Task, every variant's kernels
 
     def lower(self, pre, zero, tune=None):
         from edgec.lower import measure
@@ -375,6 +376,7 @@ class Plan:
             ]
             variants[label] = {"algo": algo, "option": option, "layers": layers,
                                "kernels": _layer_kernels(mod_v, layers)}  # fmt: skip
+        self.tasks = {t.name: t for t in tasks}
         self.log(f"conv algorithms: searching {len(variants)} variants ({', '.join(variants)})")
         search = getattr(tune(tasks, self.target), "__self__", None)  # Search.choose's owner
         self.layers = self._choose(variants, search)
@@ -408,6 +410,7 @@ class Plan:
                     continue  # fell back to direct in this variant
                 kernel = v["kernels"].get(i)
                 entry = {"algo": v["algo"], "option": v["option"],
+                         "kernel": f"{label}/{kernel}" if kernel else None,
                          "ms": _score(search, f"{label}/{kernel}") if kernel else None,
                          **transformed_bytes(v["algo"], spec, v["option"])}  # fmt: skip
                 if v["algo"] == "winograd":

@@ -112,14 +112,15 @@ def test_depthwise_falls_back_to_direct(algo: str, tmp_path: Path):
     assert plan.summary()["chosen"] == {"direct": 1}
 
 
-def test_every_knob_candidate_is_correct():
-    """Every candidate of the im2win (both layouts) and Winograd templates computes what the
-    default does (the search's own check, on seeded random inputs)."""
+def test_knob_candidates_are_correct():
+    """Every third candidate (so every knob value occurs) of the im2win (both
+    layouts), im2col and Winograd templates computes what the default does (the search's own
+    check, on seeded random inputs)."""
     from tvm import relax
 
     target = lower.target_json(_target(), THREADS)
     lanes = lower.vector_lanes(_target())
-    model = Conv(16, 32, hw=(9, 11), epilogue="relu").model()
+    model = Conv(16, 32, hw=(7, 8), epilogue="relu").model()
     checked = {}
     for label in ("im2win-nhwc", "im2win-nchw", "winograd-4", "winograd-2", "im2col"):
         mod, _ = conv_algos.rewrite(
@@ -128,7 +129,7 @@ def test_every_knob_candidate_is_correct():
         (task,) = [t for t in measure.kernel_tasks(relax.get_pipeline("zero")(mod), lanes)
                    if t.template in TEMPLATE]  # fmt: skip
         want = measure.outputs(task, task.default, target)
-        for knobs in task.space[1:]:
+        for knobs in task.space[1::3]:
             got = measure.outputs(task, knobs, target)
             for g, w in zip(got, want, strict=True):
                 err = np.abs(g - w).max() / np.abs(w).max()
