@@ -178,7 +178,7 @@ def print_tables(results: list[dict], args) -> None:
     )
     for r in results:
         print(f"#### {r['model']}\n")
-        heads = [_label(v) for v in conv_algos.VARIANTS]
+        heads = [_label({"algo": a, "option": o}) for a, o in conv_algos.VARIANTS]
         print("| layers | conv | " + " | ".join(f"{h} ms (GFLOP/s)" for h in heads)
               + " | im2win / im2col MB | winner | auto chose |")  # fmt: skip
         print("|---" * (len(heads) + 5) + "|")
@@ -224,8 +224,12 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=40)
     ap.add_argument("--budget-timing", type=float, default=20.0)
     ap.add_argument("--workdir", type=Path, help="keep models, artifacts and the tuning cache")
-    ap.add_argument("--json", type=Path)
+    ap.add_argument("--json", type=Path, help="write the results (and read them: --tables)")
+    ap.add_argument("--tables", action="store_true", help="only print the tables of --json")
     args = ap.parse_args()
+    if args.tables:
+        print_tables(json.loads(args.json.read_text()), args)
+        return
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.workdir or Path(tmp)

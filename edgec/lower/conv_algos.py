@@ -370,12 +370,20 @@ class Plan:
             if algo != "direct" and all(lay["algo"] == "direct" for lay in layers):
                 continue  # applies to no layer
             mod_v = zero(mod_v)
-            tasks += [
-                dc.replace(t, name=f"{label}/{t.name}")
-                for t in measure.kernel_tasks(mod_v, self.lanes)
-            ]
-            variants[label] = {"algo": algo, "option": option, "layers": layers,
-                               "kernels": _layer_kernels(mod_v, layers)}  # fmt: skip
+            kernels = _layer_kernels(mod_v, layers)
+            first = {}
+            for i, name in sorted(kernels.items(), reverse=True):
+                first[name] = i
+            # "c007:winograd-4/fused_..": kernels of equal FLOPs are searched in layer order,
+            # all variants of a layer together (the search breaks ties by name)
+            v_tasks = measure.kernel_tasks(mod_v, self.lanes)
+            names = {t.name: f"{label}/{t.name}" for t in v_tasks}
+            names.update({k: f"c{i:03d}:{label}/{k}" for k, i in first.items()})
+            tasks += [dc.replace(t, name=names[t.name]) for t in v_tasks]
+            variants[label] = {
+                "algo": algo, "option": option, "layers": layers,
+                "kernels": {i: names.get(k, f"{label}/{k}") for i, k in kernels.items()},
+            }  # fmt: skip
         self.tasks = {t.name: t for t in tasks}
         self.log(f"conv algorithms: searching {len(variants)} variants ({', '.join(variants)})")
         search = getattr(tune(tasks, self.target), "__self__", None)  # Search.choose's owner
@@ -405,13 +413,12 @@ class Plan:
         for lay in variants["direct"]["layers"]:
             i, spec = lay["layer"], lay["spec"]
             tried = []
-            for label, v in variants.items():
+            for v in variants.values():
                 if v["layers"][i]["algo"] != v["algo"]:
                     continue  # fell back to direct in this variant
                 kernel = v["kernels"].get(i)
-                entry = {"algo": v["algo"], "option": v["option"],
-                         "kernel": f"{label}/{kernel}" if kernel else None,
-                         "ms": _score(search, f"{label}/{kernel}") if kernel else None,
+                entry = {"algo": v["algo"], "option": v["option"], "kernel": kernel,
+                         "ms": _score(search, kernel) if kernel else None,
                          **transformed_bytes(v["algo"], spec, v["option"])}  # fmt: skip
                 if v["algo"] == "winograd":
                     from edgec.lower import winograd
