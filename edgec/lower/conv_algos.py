@@ -258,12 +258,14 @@ def forced(conv_algo: str, option=None) -> Assign:
 
 
 def reference_conv(x: np.ndarray, weight: np.ndarray, spec: ConvSpec) -> np.ndarray:
-    """Convolution in float64 (ONNX semantics), by summing over the kernel taps."""
+    """Convolution (ONNX semantics) by summing over the kernel taps: in float64, or exactly in
+    int64 for integer inputs (the int8 reference)."""
+    acc = np.int64 if x.dtype.kind in "iu" else np.float64
     t, left, b, r = spec.pads
-    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (t, b), (left, r)))
-    out = np.zeros((spec.n, spec.cout, spec.ho, spec.wo))
+    xp = np.pad(x.astype(acc), ((0, 0), (0, 0), (t, b), (left, r)))
+    out = np.zeros((spec.n, spec.cout, spec.ho, spec.wo), acc)
     (sh, sw), (dh, dw) = spec.stride, spec.dilation
-    w64 = weight.astype(np.float64)
+    w64 = weight.astype(acc)
     for g in range(spec.groups):
         xs = xp[:, g * spec.cg : (g + 1) * spec.cg]
         ws = w64[g * spec.og : (g + 1) * spec.og]

@@ -48,11 +48,15 @@ def relax_parts(spec: ConvSpec, weight: np.ndarray, layout=None):
     return packed, lambda x, w: compute(x, w, spec, layout)
 
 
-def compute(x, w, spec: ConvSpec, layout: str = "nhwc"):
+def compute(x, w, spec: ConvSpec, layout: str = "nhwc", out_dtype: str | None = None):
+    """``out_dtype`` (e.g. int32 for int8 x int8): the products and the sum in that type."""
     from tvm import te
 
     s = spec
     (sh, sw), (dh, dw) = s.stride, s.dilation
+
+    def mul(a, b):
+        return a.astype(out_dtype) * b.astype(out_dtype) if out_dtype else a * b
 
     def group(o):
         return 0 if s.groups == 1 else o // s.og
@@ -69,7 +73,7 @@ def compute(x, w, spec: ConvSpec, layout: str = "nhwc"):
         return te.compute(
             (s.n, s.cout, s.ho, s.wo),
             lambda n, o, i, j: te.sum(
-                win[n, group(o), i, j * sw + q * dw, r, c] * w[o, q, r, c], axis=[q, r, c]
+                mul(win[n, group(o), i, j * sw + q * dw, r, c], w[o, q, r, c]), axis=[q, r, c]
             ),
             name="im2win_conv",
         )
@@ -84,7 +88,8 @@ def compute(x, w, spec: ConvSpec, layout: str = "nhwc"):
     return te.compute(
         (s.n, s.cout, s.ho, s.wo),
         lambda n, o, i, j: te.sum(
-            win[n, group(o) * s.cg + c, i, j * sw + q * dw, r] * w[o, c, q, r], axis=[c, q, r]
+            mul(win[n, group(o) * s.cg + c, i, j * sw + q * dw, r], w[o, c, q, r]),
+            axis=[c, q, r],
         ),
         name="im2win_conv",
     )
@@ -190,6 +195,28 @@ class PackedConv:
 
 
 TEMPLATE = PackedConv("im2win")
+
+
+def integer_kernel(spec: ConvSpec, layout: str = "nhwc", knobs: dict | None = None,
+                   lanes: int = 16, target: dict | None = None):  # fmt: skip
+    """im2win for int8 x int8 -> int32, scheduled by the CPU template and built on its own:
+    ``(x int8 [N,C,H,W], w int8 packed as ``relax_parts`` packs it, y int32 [N,O,Ho,Wo])``.
+    The Relax wiring (QDQ graphs, the requantization epilogue) belongs to the int8 pipeline."""
+    import tvm
+    from tvm import te
+
+    x = te.placeholder((spec.n, spec.cin, spec.h, spec.w), "int8", name="x")
+    shape = (spec.cout, spec.kw, spec.kh, spec.cg) if layout == "nhwc" else (
+        spec.cout, spec.cg, spec.kw, spec.kh)  # fmt: skip
+    w = te.placeholder(shape, "int8", name="w")
+    y = compute(x, w, spec, layout, out_dtype="int32")
+    func = te.create_prim_func([x, w, y])
+    info = TEMPLATE.match(func)
+    func = TEMPLATE.apply(func, info, knobs or TEMPLATE.default(info, lanes))
+    tgt = tvm.target.Target(target or {"kind": "llvm"})
+    with tgt:
+        return tvm.tirx.build(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
+                              target=tgt)  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------

@@ -138,6 +138,33 @@ def test_knob_candidates_are_correct():
     assert all(n >= 2 for n in checked.values()), checked
 
 
+INT8_CASES = [
+    ConvSpec(1, 16, 9, 11, 32, 3, 3, pads=(1, 1, 1, 1)),
+    ConvSpec(1, 16, 13, 12, 32, 3, 3, stride=(2, 2), pads=(0, 1, 1, 2), dilation=(2, 2)),
+    ConvSpec(2, 16, 8, 8, 16, 5, 5, pads=(2, 2, 2, 2), groups=2),
+    ConvSpec(1, 8, 7, 7, 16, 1, 1),
+]
+
+
+@pytest.mark.parametrize("layout", im2win.LAYOUTS)
+@pytest.mark.parametrize("spec", INT8_CASES, ids=lambda s: s.label().replace(" ", "_"))
+def test_im2win_int8_is_exact(spec: ConvSpec, layout: str):
+    """int8 x int8 -> int32 im2win, scheduled by the CPU template: bit-exact vs numpy int64."""
+    import tvm
+
+    rng = np.random.default_rng(3)
+    x = rng.integers(-128, 128, (spec.n, spec.cin, spec.h, spec.w)).astype(np.int8)
+    weight = rng.integers(-128, 128, (spec.cout, spec.cg, spec.kh, spec.kw)).astype(np.int8)
+    packed, _ = im2win.relax_parts(spec, weight, layout)
+    lib = im2win.integer_kernel(spec, layout, target=lower.target_json(_target(), THREADS))
+    dev = tvm.cpu(0)
+    y = tvm.runtime.tensor(np.zeros((spec.n, spec.cout, spec.ho, spec.wo), np.int32), dev)
+    lib["main"](tvm.runtime.tensor(x, dev), tvm.runtime.tensor(packed, dev), y)
+    want = conv_algos.reference_conv(x, weight, spec)
+    assert np.abs(want).max() > 2**15  # sums beyond int16: a real int32 accumulation
+    np.testing.assert_array_equal(y.numpy(), want)
+
+
 # --------------------------------------------------------------------------------------------
 # numerics of Winograd and the memory model
 
