@@ -78,8 +78,16 @@ class ConvSpec:
 
     @property
     def wspan(self) -> int:
-        """Padded input columns that some output reads (<= W + left + right)."""
+        """Columns of an im2win window band: the padded input columns that some output reads
+        (<= W + left + right), or, when the windows of neighbouring outputs do not overlap
+        (K_w taps within one stride, e.g. 1x1 stride 2), only the ``W_o * K_w`` read ones."""
+        if self.window_compact:
+            return self.wo * self.kw
         return (self.wo - 1) * self.stride[1] + (self.kw - 1) * self.dilation[1] + 1
+
+    @property
+    def window_compact(self) -> bool:
+        return (self.kw - 1) * self.dilation[1] < self.stride[1]
 
     @property
     def depthwise(self) -> bool:

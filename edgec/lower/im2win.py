@@ -8,7 +8,9 @@ one run (../shared/docs/rewrites.md section 4). Two layouts of the window tensor
 * ``nhwc`` (the follow-up paper's better CPU layout): ``Win[n, g, i, m, r, c]``, filter
   ``[O, KW, KH, C/g]``: the whole ``KW*KH*C/g`` reduction is one run.
 
-``m`` spans only the padded columns some output reads. Padding is folded into the window copy
+``m`` spans only the padded columns some output reads (when the windows of neighbouring outputs
+do not overlap, K_w taps within one stride as in 1x1 stride 2, only the ``W_o*K_w`` read ones:
+the authors' "no duplication needed" case). Padding is folded into the window copy
 (zero where the source is outside the input: no padded copy of the input), dilation is in the
 indexing, groups index the window by ``o // (O/g)``. Depthwise convs stay direct (no channel
 reduction to gain from). The CPU template vectorizes over output channels (weight packed to
@@ -61,10 +63,16 @@ def compute(x, w, spec: ConvSpec, layout: str = "nhwc", out_dtype: str | None = 
     def group(o):
         return 0 if s.groups == 1 else o // s.og
 
+    def column(m):  # window column -> padded input column
+        return m // s.kw * sw + m % s.kw * dw if s.window_compact else m
+
+    def window(j, q):  # output column j, tap q -> window column
+        return j * s.kw + q if s.window_compact else j * sw + q * dw
+
     if layout == "nhwc":
         win = te.compute(
             (s.n, s.groups, s.ho, s.wspan, s.kh, s.cg),
-            lambda n, g, i, m, r, c: _padded(x, s, n, g * s.cg + c, i * sh + r * dh, m),
+            lambda n, g, i, m, r, c: _padded(x, s, n, g * s.cg + c, i * sh + r * dh, column(m)),
             name="im2win_pack",
         )
         q = te.reduce_axis((0, s.kw), "q")
@@ -73,13 +81,13 @@ def compute(x, w, spec: ConvSpec, layout: str = "nhwc", out_dtype: str | None = 
         return te.compute(
             (s.n, s.cout, s.ho, s.wo),
             lambda n, o, i, j: te.sum(
-                mul(win[n, group(o), i, j * sw + q * dw, r, c], w[o, q, r, c]), axis=[q, r, c]
+                mul(win[n, group(o), i, window(j, q), r, c], w[o, q, r, c]), axis=[q, r, c]
             ),
             name="im2win_conv",
         )
     win = te.compute(
         (s.n, s.cin, s.ho, s.wspan, s.kh),
-        lambda n, c, i, m, r: _padded(x, s, n, c, i * sh + r * dh, m),
+        lambda n, c, i, m, r: _padded(x, s, n, c, i * sh + r * dh, column(m)),
         name="im2win_pack",
     )
     c = te.reduce_axis((0, s.cg), "c")
@@ -88,7 +96,7 @@ def compute(x, w, spec: ConvSpec, layout: str = "nhwc", out_dtype: str | None = 
     return te.compute(
         (s.n, s.cout, s.ho, s.wo),
         lambda n, o, i, j: te.sum(
-            mul(win[n, group(o) * s.cg + c, i, j * sw + q * dw, r], w[o, c, q, r]),
+            mul(win[n, group(o) * s.cg + c, i, window(j, q), r], w[o, c, q, r]),
             axis=[c, q, r],
         ),
         name="im2win_conv",

@@ -27,6 +27,7 @@ from tests.lower.test_schedules import THREADS, Conv, _target, assert_close, ass
 A = (0, 1, 1, 2)  # asymmetric pads (top, left, bottom, right)
 PACKED_CASES = [
     Conv(16, 32, k=1, pads=(0, 0, 0, 0), bias=False),
+    Conv(16, 32, k=1, stride=2, pads=(0, 0, 0, 0), hw=(14, 15), epilogue="relu"),
     Conv(16, 32, epilogue="relu"),
     Conv(16, 32, stride=2, pads=A, epilogue="relu"),
     Conv(8, 16, k=5, pads=(1, 2, 2, 1), hw=(11, 13), epilogue="clip"),
