@@ -115,7 +115,8 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
     (latency-measured on this machine within ``search_budget_s``, 120 s by default) or ``full``
     (every candidate); results are cached in ``tuning_db`` (see ``edgec.search``).
     ``conv_algo`` forces a convolution algorithm (direct, im2col, im2win, winograd) where it
-    applies, or with ``auto`` lets the search choose per conv layer (direct without a search).
+    applies, or with ``auto`` lets the search choose per conv layer (without a search: Winograd
+    for big 3x3 stride-1 convs, else direct; ``conv_algos.heuristic``).
 
     Raises InvalidInputError (bad input), UnsupportedModelError (ops TVM cannot lower) or
     VerificationError (results differ from onnxruntime beyond ``tolerance``); in every error case

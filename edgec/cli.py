@@ -129,7 +129,8 @@ def _pass_options(f):
     default="auto",
     show_default=True,
     help="Convolution algorithm: force one family where it applies (else direct), or auto = "
-    "chosen per conv layer by the search's measured latency (direct with --search none).",
+    "chosen per conv layer by the search's measured latency (with --search none: Winograd for "
+    "3x3 stride-1 convs of >= 64 channels on >= 14x14 outputs, else direct).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print report.json on stdout.")
 @click.pass_obj

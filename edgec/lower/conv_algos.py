@@ -14,7 +14,8 @@ Per conv layer the algorithm is forced (``--conv-algo``) or, with ``auto`` and a
 by measured latency: the model is lowered once per algorithm *variant* (``VARIANTS``), every
 variant's kernels are searched together (shared tuning cache and budget), and each conv layer
 takes the variant whose kernel is fastest, if its numerical error (Winograd) is within
-``WINOGRAD_RTOL``. Without a search, ``auto`` is ``direct``.
+``WINOGRAD_RTOL``. Without a search, ``auto`` takes Winograd F(4x4) for big 3x3 stride-1
+layers (``heuristic``, from the measurements in docs/BENCHMARKS.md) and direct elsewhere.
 """
 
 from __future__ import annotations
@@ -256,6 +257,16 @@ def check_choice(conv_algo: str) -> None:
     parse(conv_algo)
 
 
+def heuristic(_index: int, spec: ConvSpec) -> tuple[str, object]:
+    """``auto`` without a search: Winograd F(4x4) where bench/conv_algos.py measured it faster
+    than direct on every layer (3x3 stride 1, >= 64 channels in and out, output >= 14x14;
+    1.2-3.6x), else direct."""
+    big = min(spec.cin, spec.cout) >= 64 and spec.ho * spec.wo >= 14 * 14
+    if big and not_applicable("winograd", spec) is None:
+        return "winograd", 4
+    return "direct", None
+
+
 def forced(conv_algo: str, option=None) -> Assign:
     opt = DEFAULT_OPTION[conv_algo] if option is None else option
     return lambda _i, _spec: (conv_algo, opt)
@@ -353,9 +364,8 @@ class Plan:
         if self.conv_algo == "auto" and tune is not None:
             return self._auto(pre, zero, tune)
         algo, option = parse(self.conv_algo)
-        if algo == "auto":
-            algo = "direct"
-        mod, self.layers = rewrite(pre, forced(algo, option))
+        assign = heuristic if algo == "auto" else forced(algo, option)
+        mod, self.layers = rewrite(pre, assign)
         mod = zero(mod)
         choose = tune(measure.kernel_tasks(mod, self.lanes), self.target) if tune else None
         self._map(mod)

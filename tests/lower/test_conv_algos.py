@@ -278,6 +278,17 @@ def test_winograd_beyond_tolerance_is_rejected(tmp_path: Path, fake_times, monke
     assert len(rejected) == 2 and all("rejected" in t for t in rejected)
 
 
+def test_auto_without_a_search_takes_winograd_for_big_3x3_layers(tmp_path: Path):
+    big = Conv(64, 64, hw=(14, 14), epilogue="relu")
+    records, plan, actual, expected = compile_and_run(big.model(), tmp_path, "auto")
+    assert_close(actual, expected)
+    (kernel,) = assert_template(records, "winograd", "winograd")
+    assert kernel["conv"]["option"] == 4 and "tried" not in kernel["conv"]
+    small = conv_algos.ConvSpec(1, 32, 14, 14, 64, 3, 3, pads=(1, 1, 1, 1))
+    strided = conv_algos.ConvSpec(1, 64, 28, 28, 64, 3, 3, stride=(2, 2), pads=(1, 1, 1, 1))
+    assert conv_algos.heuristic(0, small) == conv_algos.heuristic(0, strided) == ("direct", None)
+
+
 @pytest.mark.parametrize("algo", ["im2win", "im2col", "winograd", "direct"])
 def test_cli_conv_algo_forces_the_family(cli, tmp_path: Path, algo: str):
     path = tmp_path / "two.onnx"
