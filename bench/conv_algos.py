@@ -225,6 +225,31 @@ def print_tables(results: list[dict], args) -> None:
         print(f"| {r['model']} | " + " | ".join(cells) + f" | {chose} |")
 
 
+def without_search(names: list[str], workdir: Path, args) -> None:
+    """``--search none``: ``auto`` (the heuristic: Winograd for big 3x3 stride-1 convs) vs
+    ``direct`` vs onnxruntime, interleaved; prints a table."""
+    from edgec import api
+
+    print("| model | auto ms | direct ms | onnxruntime ms | auto / direct |")
+    print("|---|---|---|---|---|")
+    for name in names:
+        source, imported, _ = load(name, workdir)
+        feeds = verify.random_inputs(imported.inputs, 0)
+        engines = {}
+        for algo in ("auto", "direct"):
+            out = workdir / f"none-{name}-{algo}"
+            api.compile(source, out, force=True, bench=False, threads=args.threads,
+                        conv_algo=algo)  # fmt: skip
+            model = api.load(out, args.threads)
+            engines[algo] = model._runtime.prepare([feeds[s.name] for s in model.inputs])
+        session = verify.ort_session(source, optimize=True, threads=args.threads)
+        engines["onnxruntime"] = lambda s=session, f=feeds: s.run(None, f)
+        r = latency.measure(engines, runs=args.runs, budget_s=args.budget_timing)
+        cells = [f"{r[k]['p50_ms']:.2f}{' (noisy)' if r[k]['noisy'] else ''}" for k in r]
+        ratio = r["auto"]["p50_ms"] / r["direct"]["p50_ms"]
+        print(f"| {name} | " + " | ".join(cells) + f" | {ratio:.2f}x |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=DEFAULT)
@@ -236,9 +261,15 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, help="keep models, artifacts and the tuning cache")
     ap.add_argument("--json", type=Path, help="write the results (and read them: --tables)")
     ap.add_argument("--tables", action="store_true", help="only print the tables of --json")
+    ap.add_argument("--search-none", action="store_true",
+                    help="only compare auto and direct without a search (--workdir)")  # fmt: skip
     ap.add_argument("--retime", action="store_true",
                     help="time the whole-model artifacts in --workdir again")  # fmt: skip
     args = ap.parse_args()
+    if args.search_none:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        without_search(args.models.split(","), args.workdir, args)
+        return
     if args.tables or args.retime:
         results = json.loads(args.json.read_text())
         for r in results if args.retime else []:  # the kept artifacts, timed again
