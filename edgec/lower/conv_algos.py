@@ -258,9 +258,9 @@ def check_choice(conv_algo: str) -> None:
 
 
 def heuristic(_index: int, spec: ConvSpec) -> tuple[str, object]:
-    """``auto`` without a search: Winograd F(4x4) where bench/conv_algos.py measured it faster
-    than direct on every layer (3x3 stride 1, >= 64 channels in and out, output >= 14x14;
-    1.2-3.6x), else direct."""
+    """``auto`` without a search (x86 targets): Winograd F(4x4) where bench/conv_algos.py
+    measured it faster than direct on every layer (3x3 stride 1, >= 64 channels in and out,
+    output >= 14x14; 1.2-3.6x), else direct."""
     big = min(spec.cin, spec.cout) >= 64 and spec.ho * spec.wo >= 14 * 14
     if big and not_applicable("winograd", spec) is None:
         return "winograd", 4
@@ -364,7 +364,11 @@ class Plan:
         if self.conv_algo == "auto" and tune is not None:
             return self._auto(pre, zero, tune)
         algo, option = parse(self.conv_algo)
-        assign = heuristic if algo == "auto" else forced(algo, option)
+        if algo == "auto":  # the heuristic was measured on x86 only
+            x86 = str(self.target.get("mtriple", "")).startswith("x86_64")
+            assign = heuristic if x86 else forced("direct")
+        else:
+            assign = forced(algo, option)
         mod, self.layers = rewrite(pre, assign)
         mod = zero(mod)
         choose = tune(measure.kernel_tasks(mod, self.lanes), self.target) if tune else None
