@@ -138,7 +138,8 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
     (latency-measured on this machine within ``search_budget_s``, 120 s by default) or ``full``
     (every candidate); results are cached in ``tuning_db`` (see ``edgec.search``).
     ``conv_algo`` forces a convolution algorithm (direct, im2col, im2win, winograd) where it
-    applies, or with ``auto`` lets the search choose per conv layer (direct without a search).
+    applies, or with ``auto`` lets the search choose per conv layer (without a search: Winograd
+    for big 3x3 stride-1 convs, else direct; ``conv_algos.heuristic``).
 
     ``gates`` (``edgec.report.gates.Gates``) are evaluated into ``report["gates"]``; a violated
     gate does not stop the compile (the artifact is written): the caller decides (the CLI exits 1).

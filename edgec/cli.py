@@ -221,7 +221,8 @@ def _int8_options(f):
     default="auto",
     show_default=True,
     help="Convolution algorithm: force one family where it applies (else direct), or auto = "
-    "chosen per conv layer by the search's measured latency (direct with --search none).",
+    "chosen per conv layer by the search's measured latency (with --search none: Winograd for "
+    "3x3 stride-1 convs of >= 64 channels on >= 14x14 outputs, else direct).",
 )
 @_int8_options
 @click.option(

@@ -14,7 +14,8 @@ Per conv layer the algorithm is forced (``--conv-algo``) or, with ``auto`` and a
 by measured latency: the model is lowered once per algorithm *variant* (``VARIANTS``), every
 variant's kernels are searched together (shared tuning cache and budget), and each conv layer
 takes the variant whose kernel is fastest, if its numerical error (Winograd) is within
-``WINOGRAD_RTOL``. Without a search, ``auto`` is ``direct``.
+``WINOGRAD_RTOL``. Without a search, ``auto`` takes Winograd F(4x4) for big 3x3 stride-1
+layers (``heuristic``, from the measurements in docs/BENCHMARKS.md) and direct elsewhere.
 """
 
 from __future__ import annotations
@@ -78,8 +79,16 @@ class ConvSpec:
 
     @property
     def wspan(self) -> int:
-        """Padded input columns that some output reads (<= W + left + right)."""
+        """Columns of an im2win window band: the padded input columns that some output reads
+        (<= W + left + right), or, when the windows of neighbouring outputs do not overlap
+        (K_w taps within one stride, e.g. 1x1 stride 2), only the ``W_o * K_w`` read ones."""
+        if self.window_compact:
+            return self.wo * self.kw
         return (self.wo - 1) * self.stride[1] + (self.kw - 1) * self.dilation[1] + 1
+
+    @property
+    def window_compact(self) -> bool:
+        return (self.kw - 1) * self.dilation[1] < self.stride[1]
 
     @property
     def depthwise(self) -> bool:
@@ -248,6 +257,16 @@ def check_choice(conv_algo: str) -> None:
     parse(conv_algo)
 
 
+def heuristic(_index: int, spec: ConvSpec) -> tuple[str, object]:
+    """``auto`` without a search (x86 targets): Winograd F(4x4) where bench/conv_algos.py
+    measured it faster than direct on every layer (3x3 stride 1, >= 64 channels in and out,
+    output >= 14x14; 1.2-3.6x), else direct."""
+    big = min(spec.cin, spec.cout) >= 64 and spec.ho * spec.wo >= 14 * 14
+    if big and not_applicable("winograd", spec) is None:
+        return "winograd", 4
+    return "direct", None
+
+
 def forced(conv_algo: str, option=None) -> Assign:
     opt = DEFAULT_OPTION[conv_algo] if option is None else option
     return lambda _i, _spec: (conv_algo, opt)
@@ -258,12 +277,14 @@ def forced(conv_algo: str, option=None) -> Assign:
 
 
 def reference_conv(x: np.ndarray, weight: np.ndarray, spec: ConvSpec) -> np.ndarray:
-    """Convolution in float64 (ONNX semantics), by summing over the kernel taps."""
+    """Convolution (ONNX semantics) by summing over the kernel taps: in float64, or exactly in
+    int64 for integer inputs (the int8 reference)."""
+    acc = np.int64 if x.dtype.kind in "iu" else np.float64
     t, left, b, r = spec.pads
-    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (t, b), (left, r)))
-    out = np.zeros((spec.n, spec.cout, spec.ho, spec.wo))
+    xp = np.pad(x.astype(acc), ((0, 0), (0, 0), (t, b), (left, r)))
+    out = np.zeros((spec.n, spec.cout, spec.ho, spec.wo), acc)
     (sh, sw), (dh, dw) = spec.stride, spec.dilation
-    w64 = weight.astype(np.float64)
+    w64 = weight.astype(acc)
     for g in range(spec.groups):
         xs = xp[:, g * spec.cg : (g + 1) * spec.cg]
         ws = w64[g * spec.og : (g + 1) * spec.og]
@@ -335,6 +356,7 @@ class Plan:
         self.log = log or (lambda _m: None)
         self.layers: list[dict] = []
         self.kernel_of: dict[str, list[int]] = {}  # final kernel name -> layer indices
+        self.tasks: dict = {}  # auto: "variant/kernel" -> measure.Task, every variant's kernels
 
     def lower(self, pre, zero, tune=None):
         from edgec.lower import measure
@@ -342,9 +364,12 @@ class Plan:
         if self.conv_algo == "auto" and tune is not None:
             return self._auto(pre, zero, tune)
         algo, option = parse(self.conv_algo)
-        if algo == "auto":
-            algo = "direct"
-        mod, self.layers = rewrite(pre, forced(algo, option))
+        if algo == "auto":  # the heuristic was measured on x86 only
+            x86 = str(self.target.get("mtriple", "")).startswith("x86_64")
+            assign = heuristic if x86 else forced("direct")
+        else:
+            assign = forced(algo, option)
+        mod, self.layers = rewrite(pre, assign)
         mod = zero(mod)
         choose = tune(measure.kernel_tasks(mod, self.lanes), self.target) if tune else None
         self._map(mod)
@@ -369,12 +394,21 @@ class Plan:
             if algo != "direct" and all(lay["algo"] == "direct" for lay in layers):
                 continue  # applies to no layer
             mod_v = zero(mod_v)
-            tasks += [
-                dc.replace(t, name=f"{label}/{t.name}")
-                for t in measure.kernel_tasks(mod_v, self.lanes)
-            ]
-            variants[label] = {"algo": algo, "option": option, "layers": layers,
-                               "kernels": _layer_kernels(mod_v, layers)}  # fmt: skip
+            kernels = _layer_kernels(mod_v, layers)
+            first = {}
+            for i, name in sorted(kernels.items(), reverse=True):
+                first[name] = i
+            # "c007:winograd-4/fused_..": kernels of equal FLOPs are searched in layer order,
+            # all variants of a layer together (the search breaks ties by name)
+            v_tasks = measure.kernel_tasks(mod_v, self.lanes)
+            names = {t.name: f"{label}/{t.name}" for t in v_tasks}
+            names.update({k: f"c{i:03d}:{label}/{k}" for k, i in first.items()})
+            tasks += [dc.replace(t, name=names[t.name]) for t in v_tasks]
+            variants[label] = {
+                "algo": algo, "option": option, "layers": layers,
+                "kernels": {i: names.get(k, f"{label}/{k}") for i, k in kernels.items()},
+            }  # fmt: skip
+        self.tasks = {t.name: t for t in tasks}
         self.log(f"conv algorithms: searching {len(variants)} variants ({', '.join(variants)})")
         search = getattr(tune(tasks, self.target), "__self__", None)  # Search.choose's owner
         self.layers = self._choose(variants, search)
@@ -403,12 +437,12 @@ class Plan:
         for lay in variants["direct"]["layers"]:
             i, spec = lay["layer"], lay["spec"]
             tried = []
-            for label, v in variants.items():
+            for v in variants.values():
                 if v["layers"][i]["algo"] != v["algo"]:
                     continue  # fell back to direct in this variant
                 kernel = v["kernels"].get(i)
-                entry = {"algo": v["algo"], "option": v["option"],
-                         "ms": _score(search, f"{label}/{kernel}") if kernel else None,
+                entry = {"algo": v["algo"], "option": v["option"], "kernel": kernel,
+                         "ms": _score(search, kernel) if kernel else None,
                          **transformed_bytes(v["algo"], spec, v["option"])}  # fmt: skip
                 if v["algo"] == "winograd":
                     from edgec.lower import winograd

@@ -8,7 +8,9 @@ one run (../shared/docs/rewrites.md section 4). Two layouts of the window tensor
 * ``nhwc`` (the follow-up paper's better CPU layout): ``Win[n, g, i, m, r, c]``, filter
   ``[O, KW, KH, C/g]``: the whole ``KW*KH*C/g`` reduction is one run.
 
-``m`` spans only the padded columns some output reads. Padding is folded into the window copy
+``m`` spans only the padded columns some output reads (when the windows of neighbouring outputs
+do not overlap, K_w taps within one stride as in 1x1 stride 2, only the ``W_o*K_w`` read ones:
+the authors' "no duplication needed" case). Padding is folded into the window copy
 (zero where the source is outside the input: no padded copy of the input), dilation is in the
 indexing, groups index the window by ``o // (O/g)``. Depthwise convs stay direct (no channel
 reduction to gain from). The CPU template vectorizes over output channels (weight packed to
@@ -48,19 +50,29 @@ def relax_parts(spec: ConvSpec, weight: np.ndarray, layout=None):
     return packed, lambda x, w: compute(x, w, spec, layout)
 
 
-def compute(x, w, spec: ConvSpec, layout: str = "nhwc"):
+def compute(x, w, spec: ConvSpec, layout: str = "nhwc", out_dtype: str | None = None):
+    """``out_dtype`` (e.g. int32 for int8 x int8): the products and the sum in that type."""
     from tvm import te
 
     s = spec
     (sh, sw), (dh, dw) = s.stride, s.dilation
 
+    def mul(a, b):
+        return a.astype(out_dtype) * b.astype(out_dtype) if out_dtype else a * b
+
     def group(o):
         return 0 if s.groups == 1 else o // s.og
+
+    def column(m):  # window column -> padded input column
+        return m // s.kw * sw + m % s.kw * dw if s.window_compact else m
+
+    def window(j, q):  # output column j, tap q -> window column
+        return j * s.kw + q if s.window_compact else j * sw + q * dw
 
     if layout == "nhwc":
         win = te.compute(
             (s.n, s.groups, s.ho, s.wspan, s.kh, s.cg),
-            lambda n, g, i, m, r, c: _padded(x, s, n, g * s.cg + c, i * sh + r * dh, m),
+            lambda n, g, i, m, r, c: _padded(x, s, n, g * s.cg + c, i * sh + r * dh, column(m)),
             name="im2win_pack",
         )
         q = te.reduce_axis((0, s.kw), "q")
@@ -69,13 +81,13 @@ def compute(x, w, spec: ConvSpec, layout: str = "nhwc"):
         return te.compute(
             (s.n, s.cout, s.ho, s.wo),
             lambda n, o, i, j: te.sum(
-                win[n, group(o), i, j * sw + q * dw, r, c] * w[o, q, r, c], axis=[q, r, c]
+                mul(win[n, group(o), i, window(j, q), r, c], w[o, q, r, c]), axis=[q, r, c]
             ),
             name="im2win_conv",
         )
     win = te.compute(
         (s.n, s.cin, s.ho, s.wspan, s.kh),
-        lambda n, c, i, m, r: _padded(x, s, n, c, i * sh + r * dh, m),
+        lambda n, c, i, m, r: _padded(x, s, n, c, i * sh + r * dh, column(m)),
         name="im2win_pack",
     )
     c = te.reduce_axis((0, s.cg), "c")
@@ -84,7 +96,8 @@ def compute(x, w, spec: ConvSpec, layout: str = "nhwc"):
     return te.compute(
         (s.n, s.cout, s.ho, s.wo),
         lambda n, o, i, j: te.sum(
-            win[n, group(o) * s.cg + c, i, j * sw + q * dw, r] * w[o, c, q, r], axis=[c, q, r]
+            mul(win[n, group(o) * s.cg + c, i, window(j, q), r], w[o, c, q, r]),
+            axis=[c, q, r],
         ),
         name="im2win_conv",
     )
@@ -190,6 +203,28 @@ class PackedConv:
 
 
 TEMPLATE = PackedConv("im2win")
+
+
+def integer_kernel(spec: ConvSpec, layout: str = "nhwc", knobs: dict | None = None,
+                   lanes: int = 16, target: dict | None = None):  # fmt: skip
+    """im2win for int8 x int8 -> int32, scheduled by the CPU template and built on its own:
+    ``(x int8 [N,C,H,W], w int8 packed as ``relax_parts`` packs it, y int32 [N,O,Ho,Wo])``.
+    The Relax wiring (QDQ graphs, the requantization epilogue) belongs to the int8 pipeline."""
+    import tvm
+    from tvm import te
+
+    x = te.placeholder((spec.n, spec.cin, spec.h, spec.w), "int8", name="x")
+    shape = (spec.cout, spec.kw, spec.kh, spec.cg) if layout == "nhwc" else (
+        spec.cout, spec.cg, spec.kw, spec.kh)  # fmt: skip
+    w = te.placeholder(shape, "int8", name="w")
+    y = compute(x, w, spec, layout, out_dtype="int32")
+    func = te.create_prim_func([x, w, y])
+    info = TEMPLATE.match(func)
+    func = TEMPLATE.apply(func, info, knobs or TEMPLATE.default(info, lanes))
+    tgt = tvm.target.Target(target or {"kind": "llvm"})
+    with tgt:
+        return tvm.tirx.build(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
+                              target=tgt)  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------
