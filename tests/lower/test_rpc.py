@@ -108,6 +108,7 @@ def test_kernel_search_times_candidates_on_the_device(farm, tmp_path):
     result = edgec.compile(
         farm["root"] / "conv.onnx", tmp_path / "out", target="arm64", search="fast",
         search_budget_s=6, tuning_db=db, tracker=farm["tracker"], key="arm64",
+        conv_algo="direct",  # the knob search alone (auto would also time other algorithms)
     )  # fmt: skip
     s = result.report["search"]
     assert s["kernels_measured"] == 1 and s["candidates_tried"] >= 2 and "skipped" not in s
