@@ -28,6 +28,7 @@ from edgec.lower import _tvm
 
 QRANGE = {"uint8": (0, 255), "int8": (-128, 127)}
 MAX_SHIFT = 62
+CHANNEL_GROUP = 4  # dense convs get their input channels padded to a multiple of this
 
 
 # --------------------------------------------------------------------------------------------
@@ -544,9 +545,9 @@ class _Rewriter:
         return self._requant([(centered, x.scale_scalar / (out.scale_scalar * count))],
                              out.zp_scalar, out.dtype, lo, hi)  # fmt: skip
 
-    def _pad(self, data, padding: list[int], value: int):
+    def _pad(self, data, padding: list[int], value: int, channels: int = 0):
         top, left, bottom, right = padding
-        return self._emit(self.R.nn.pad(data, [0, 0, 0, 0, top, bottom, left, right],
+        return self._emit(self.R.nn.pad(data, [0, 0, 0, channels, top, bottom, left, right],
                                         pad_value=float(value)))  # fmt: skip
 
     def _weight(self, expr) -> QTensor:
@@ -583,10 +584,14 @@ class _Rewriter:
         bias_int = self._bias(bias, channels, acc_scale)
         data, zx = self._as_u8(x)
         padding = [int(p) for p in a.padding]
-        if any(padding):
-            data = self._pad(data, padding, zx)
+        wq = w.data
+        extra = -wq.shape[1] % CHANNEL_GROUP if int(a.groups) == 1 else 0
+        if extra:  # zero weights on zero-point channels: the dot-product kernels take C % 4 == 0
+            wq = np.pad(wq, [(0, 0), (0, extra), (0, 0), (0, 0)])
+        if any(padding) or extra:
+            data = self._pad(data, padding, zx, extra)
         acc = self._emit(self.R.nn.conv2d(
-            data, self.relax.const(w.data), strides=[int(s) for s in a.strides],
+            data, self.relax.const(wq), strides=[int(s) for s in a.strides],
             dilation=[int(d) for d in a.dilation], groups=int(a.groups), out_dtype="int32",
         ))  # fmt: skip
         wsum = w.data.astype(np.int64).reshape(channels, -1).sum(axis=1)
