@@ -145,7 +145,9 @@ def versions() -> dict[str, str]:
     from edgec import __version__
     from edgec.lower import schedules
 
-    source = Path(schedules.__file__).read_bytes()
+    from edgec.lower import int8
+
+    source = Path(schedules.__file__).read_bytes() + Path(int8.__file__).read_bytes()
     return {
         "edgec": f"{__version__}+schedules.{hashlib.sha256(source).hexdigest()[:12]}",
         "tvm": _tvm().__version__,
