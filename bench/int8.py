@@ -33,7 +33,10 @@ DEFAULT = "resnet18,mobilenetv2"
 def quantize(source: Path, out: Path, samples: int, activation: str = "uint8") -> Path:
     """The QDQ model of ``source``, calibrated (minmax) on ``samples`` synthetic inputs."""
     from onnxruntime.quantization import (
-        CalibrationDataReader, QuantFormat, QuantType, quantize_static,
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
     )  # fmt: skip
 
     model = onnx.load(source)

@@ -148,8 +148,10 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
         )
     if quant:
         precision = "int8"
-        log(f"int8: {quant['integer_ops']} quantized op(s) lowered to integer kernels, "
-            f"{len(quant['float_ops'])} float op(s) left between quantize and dequantize")  # fmt: skip
+        log(
+            f"int8: {quant['integer_ops']} quantized op(s) lowered to integer kernels, "
+            f"{len(quant['float_ops'])} float op(s) left between quantize and dequantize"
+        )
     tolerance = verify.TOLERANCE[precision] if given_tolerance is None else given_tolerance
     if tuner is not None:
         search_report = tuner.summary()

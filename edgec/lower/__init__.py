@@ -189,8 +189,9 @@ def build(
 
     from edgec.lower import qdq, schedules
 
-    mod = to_relax(model)
-    mod = qdq.lower(mod, integer_only, quant)
+    with qdq.onnx_node_names() as names:
+        mod = to_relax(model)
+    mod = qdq.lower(mod, integer_only, quant, names)
     tgt = tvm.target.Target(target_json(target, threads))
     records: list[dict] = []
     with tgt:

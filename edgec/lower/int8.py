@@ -37,7 +37,11 @@ def _isa() -> str | None:
     import tvm_ffi
 
     tgt = tvm.target.Target.current(allow_none=True)
-    if tgt is None or str(tgt.kind.name) != "llvm" or "x86_64" not in str(tgt.attrs.get("mtriple", "")):
+    if (
+        tgt is None
+        or str(tgt.kind.name) != "llvm"
+        or "x86_64" not in str(tgt.attrs.get("mtriple", ""))
+    ):
         return None
     has = tvm_ffi.get_global_func("target.llvm_cpu_has_feature")
     if has("avx512vnni", tgt) and has("avx512bw", tgt):

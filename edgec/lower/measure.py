@@ -143,9 +143,7 @@ def versions() -> dict[str, str]:
     """edgec and TVM versions for the cache key. ``schedules`` is a hash of the template source,
     so timings recorded by other template code are not reused (stale while developing)."""
     from edgec import __version__
-    from edgec.lower import schedules
-
-    from edgec.lower import int8
+    from edgec.lower import int8, schedules
 
     source = Path(schedules.__file__).read_bytes() + Path(int8.__file__).read_bytes()
     return {

@@ -19,6 +19,7 @@ left between an input ``quantize`` and an output ``dequantize``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import numpy as np
@@ -55,7 +56,9 @@ def requantize_ref(terms: list[tuple[np.ndarray, np.ndarray]], zp, dtype: str, l
     total = sum(np.asarray(x, np.int64) * m for (x, _), m in zip(terms, ms, strict=True))
     y = ((total + (np.int64(1) << (n - 1))) >> n) + np.int64(zp)
     qmin, qmax = QRANGE[dtype]
-    return np.clip(y, max(qmin, lo if lo is not None else qmin), min(qmax, hi if hi is not None else qmax)).astype(dtype)
+    return np.clip(
+        y, max(qmin, lo if lo is not None else qmin), min(qmax, hi if hi is not None else qmax)
+    ).astype(dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -132,9 +135,37 @@ def _op_names(func) -> list[str]:
     return names
 
 
-def lower_qdq(mod) -> Result:
+@contextlib.contextmanager
+def onnx_node_names():
+    """While importing with TVM's ONNX frontend, collect {Relax var or call: ONNX node name}
+    for the outputs of every node (to name the float ops in the report)."""
+    _tvm()
+    from tvm import relax
+    from tvm.relax.frontend.onnx import onnx_frontend
+
+    names: dict = {}
+    cls = onnx_frontend.ONNXGraphImporter
+    original = cls._construct_nodes
+
+    def construct(self, graph):
+        original(self, graph)
+        for node in graph.node:
+            for out in node.output:
+                expr = self._nodes.get(out)  # a bound var, or a call emitted later as is
+                if isinstance(expr, relax.Var | relax.Call):
+                    names[expr] = node.name or f"<{node.op_type}>"
+
+    cls._construct_nodes = construct
+    try:
+        yield names
+    finally:
+        cls._construct_nodes = original
+
+
+def lower_qdq(mod, names: dict | None = None) -> Result:
     """Rewrite ``mod['main']`` (straight from the ONNX importer: weights still constant
-    ``dequantize`` calls, nothing folded) into integer ops wherever they have an integer form."""
+    ``dequantize`` calls, nothing folded) into integer ops wherever they have an integer form.
+    ``names`` ({original var: ONNX node}, from ``onnx_node_names``) names the float ops."""
     if not has_qdq(mod):
         return Result(mod, False, [], [], [])
     tvm = _tvm()
@@ -145,31 +176,40 @@ def lower_qdq(mod) -> Result:
     mod = tvm.IRModule({**{gv: f for gv, f in mod.functions.items() if gv.name_hint != "main"}})
     mod["main"] = func
     mod = relax.transform.DeadCodeElimination()(mod)
-    return Result(mod, True, rw.lowered, rw.declined, float_ops(mod["main"]))
+    # a binding belongs to the node of the first named var at or after it (a node's bindings
+    # are emitted together, its output last)
+    node_of, carry = {}, None
+    for b in reversed([b for block in rw.func.body.blocks for b in block.bindings]):
+        carry = (names or {}).get(b.var) or (names or {}).get(b.value) or carry
+        node_of[b.var] = carry
+    nodes = {new: node_of.get(old) for new, old in rw.origin.items()}
+    return Result(mod, True, rw.lowered, rw.declined, float_ops(mod["main"], nodes))
 
 
-def lower(mod, integer_only: bool = False, quant: dict | None = None):
+def lower(mod, integer_only: bool = False, quant: dict | None = None, names: dict | None = None):
     """``lower.build``'s hook: the rewritten module; ``quant`` receives ``Result.section()``
     (when the model holds QDQ); FloatOpsError with ``integer_only`` if float ops remain."""
-    result = lower_qdq(mod)
+    result = lower_qdq(mod, names)
     if quant is not None and result.qdq:
         quant.update(result.section())
     if integer_only:
         if not result.qdq:
             raise FloatOpsError("--integer-only: the model has no quantize/dequantize ops", [])
         if result.float_ops:
-            lines = [f"  {o['op']} -> {o['var']} {o['dtype']}{o['shape']}" for o in result.float_ops]
+            lines = [f"  {o['op']} (node {o['node']}) -> {o['var']} {o['dtype']}{o['shape']}"
+                     for o in result.float_ops]  # fmt: skip
             why = [f"  {d['var']}: {d['reason']}" for d in result.declined]
             raise FloatOpsError(
                 f"--integer-only: {len(result.float_ops)} float op(s) remain between the input "
-                "quantize and the output dequantize:\n" + "\n".join(lines)
+                "quantize and the output dequantize:\n"
+                + "\n".join(lines)
                 + ("\nquantized ops left float:\n" + "\n".join(why) if why else ""),
                 result.float_ops,
             )
     return result.mod
 
 
-def float_ops(func) -> list[dict]:
+def float_ops(func, nodes: dict | None = None) -> list[dict]:
     """Float ops (a float tensor in or out) that have an integer tensor upstream and an integer
     tensor downstream (or produce one): what stays float between input quantize and output
     dequantize. Each: op name, Relax variable, output shape and dtype."""
@@ -205,6 +245,7 @@ def float_ops(func) -> list[dict]:
             out.append(
                 {
                     "op": str(b.value.op.name).removeprefix("relax."),
+                    "node": (nodes or {}).get(b.var),
                     "var": b.var.name,
                     "shape": [int(d) for d in sinfo.shape] if hasattr(sinfo, "shape") else None,
                     "dtype": str(getattr(sinfo, "dtype", "")),
@@ -241,6 +282,7 @@ class _Rewriter:
         self.func = func
         self.orig: dict = {}  # original var -> its original value
         self.map: dict = {}  # original var -> new expr
+        self.origin: dict = {}  # new var -> the original var it was re-emitted for
         self.lowered: list[str] = []
         self.declined: list[dict] = []
         self.bb = relax.BlockBuilder()
@@ -258,6 +300,7 @@ class _Rewriter:
                             new = self._binding(b)
                             output = not isinstance(b.var, relax.DataflowVar)
                             self.map[b.var] = bb.emit_output(new) if output else new
+                            self.origin[self.map[b.var]] = b.var
                 else:
                     for b in block.bindings:
                         self.map[b.var] = self._binding(b)
@@ -275,8 +318,11 @@ class _Rewriter:
                     self.declined.append({"var": b.var.name, "reason": str(e)})
         if new is None:
             value = self._sub(b.value)
-            local = isinstance(b.var, self.relax.DataflowVar) or not self.bb.current_block_is_dataflow()
+            local = (
+                isinstance(b.var, self.relax.DataflowVar) or not self.bb.current_block_is_dataflow()
+            )
             new = self.bb.emit(value) if local else value
+            self.origin[new] = b.var
         return new
 
     def _sub(self, expr):
@@ -310,7 +356,6 @@ class _Rewriter:
 
     def _const(self, expr) -> np.ndarray | None:
         """A constant (folded through dequantize/reshape/permute_dims) as numpy, else None."""
-        relax = self.relax
         expr = self._value(expr)
         if isinstance(expr, self.tvm.ir.expr.Constant):
             return expr.value.numpy()
@@ -433,6 +478,7 @@ class _Rewriter:
     def _act_range(self, act, out: QTensor) -> tuple[int, int | None]:
         """Q(relu(v)) = max(Q(v), Q(0)) and Q(clip(v, a, b)) = clip(Q(v), Q(a), Q(b)): Q is
         monotone, so the activation becomes the requantization's clamp."""
+
         def q(v: float) -> int:
             return int(np.round(v / out.scale_scalar)) + out.zp_scalar
 
@@ -469,7 +515,9 @@ class _Rewriter:
             lo_r, hi_r = (float(v.value) for v in y.args[1:3])
             a = max(qmin, int(np.ceil(lo_r / x.scale_scalar + x.zp_scalar)))
             b = min(qmax, int(np.floor(hi_r / x.scale_scalar + x.zp_scalar)))
-        clamped = self._emit(self.R.clip(x.data, self.relax.prim_value(a), self.relax.prim_value(b)))
+        clamped = self._emit(
+            self.R.clip(x.data, self.relax.prim_value(a), self.relax.prim_value(b))
+        )
         return self._identity(x, out, clamped)
 
     def _centered(self, x: QTensor):

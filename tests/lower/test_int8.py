@@ -46,7 +46,7 @@ def _model(nodes, inputs, outputs, inits) -> onnx.ModelProto:
 
 
 def run_int(model: onnx.ModelProto, feeds: list[np.ndarray], tmp_path: Path, target="x86_64"):
-    """Compile with integer_only (so nothing float is left), run; returns (output, quant, records)."""
+    """Compile with integer_only (nothing float left) and run: (output, quant, records)."""
     quant: dict = {}
     ex, records = lower.build(model, _target(target), THREADS, integer_only=True, quant=quant)
     path = tmp_path / "model.so"
@@ -126,8 +126,9 @@ def test_conv_bit_exact(case, act, tmp_path, target="x86_64"):
         helper.make_node("DequantizeLinear", ["x", "sx", "zx"], ["xf"]),
         helper.make_node("DequantizeLinear", ["w", "sw", "zw"], ["wf"], axis=0),
         helper.make_node("DequantizeLinear", ["b", "bs", "bz"], ["bf"], axis=0),
-        helper.make_node("Conv", ["xf", "wf", "bf"], ["yf"], pads=[pad] * 4,
-                         strides=[stride] * 2, group=groups),  # fmt: skip
+        helper.make_node(
+            "Conv", ["xf", "wf", "bf"], ["yf"], pads=[pad] * 4, strides=[stride] * 2, group=groups
+        ),  # fmt: skip
         helper.make_node("QuantizeLinear", ["yf", "so", "zo"], ["y"]),
     ]
     oshape = list(acc.shape)
@@ -143,7 +144,7 @@ def test_conv_bit_exact(case, act, tmp_path, target="x86_64"):
     )  # fmt: skip
     got, quant, records = run_int(model, [x], tmp_path, target)
     # the same arithmetic in numpy: real multiplier sx * sw / so per output channel
-    mult = (np.float64(np.float32(sx)) * sw.astype(np.float64) / np.float64(np.float32(so)))
+    mult = np.float64(np.float32(sx)) * sw.astype(np.float64) / np.float64(np.float32(so))
     want = qdq.requantize_ref([(acc, mult.reshape(1, -1, 1, 1))], zo, act)
     assert got.dtype == np.dtype(act)
     np.testing.assert_array_equal(got, want)
@@ -288,9 +289,9 @@ def test_integer_only_rejects_float_ops(tmp_path):
     """A Softmax between quantize and dequantize has no integer form: integer_only fails and
     names it; without the flag the report lists it."""
     nodes = [
-        helper.make_node("DequantizeLinear", ["x", "s", "z"], ["xf"]),
-        helper.make_node("Softmax", ["xf"], ["yf"]),
-        helper.make_node("QuantizeLinear", ["yf", "s", "z"], ["y"]),
+        helper.make_node("DequantizeLinear", ["x", "s", "z"], ["xf"], name="dq"),
+        helper.make_node("Softmax", ["xf"], ["yf"], name="sm"),
+        helper.make_node("QuantizeLinear", ["yf", "s", "z"], ["y"], name="q"),
     ]
     model = _model(
         nodes,
@@ -301,6 +302,7 @@ def test_integer_only_rejects_float_ops(tmp_path):
     with pytest.raises(FloatOpsError) as e:
         lower.build(model, _target(), THREADS, integer_only=True)
     assert "softmax" in str(e.value) and e.value.exit_code == 1
+    assert [o["node"] for o in e.value.ops] == ["dq", "sm", "q"]
     assert [o["op"] for o in e.value.ops] == ["dequantize", "nn.softmax", "quantize"]
     quant: dict = {}
     lower.build(model, _target(), THREADS, quant=quant)

@@ -62,7 +62,10 @@ def small_cnn() -> onnx.ModelProto:
 
 def quantize(model: onnx.ModelProto, path, activation: str) -> onnx.ModelProto:
     from onnxruntime.quantization import (
-        CalibrationDataReader, QuantFormat, QuantType, quantize_static,
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
     )  # fmt: skip
 
     src = path.with_suffix(".f32.onnx")
