@@ -24,8 +24,19 @@ from __future__ import annotations
 
 from tvm import s_tir, tirx
 
-from edgec.lower import schedules
-from edgec.lower.schedules import Decline, Knobs
+Knobs = dict
+
+
+def _sched():
+    """edgec.lower.schedules (imported lazily: its TEMPLATES include this module's)."""
+    from edgec.lower import schedules
+
+    return schedules
+
+
+def Decline(message: str) -> Exception:  # noqa: N802 - schedules.Decline, raised as such
+    return _sched().Decline(message)
+
 
 # micro-kernel per instruction set: output channels (int32 lanes) x input channels per step
 MICRO = {"vnni": (16, 4), "avx2": (8, 2)}
@@ -57,9 +68,9 @@ class Int8Conv2d:
     name = "int8_conv2d"
 
     def match(self, func: tirx.PrimFunc) -> dict:
-        info = schedules.Conv2d().match(func)
+        info = _sched().Conv2d().match(func)
         sch = s_tir.Schedule(func)
-        conv = schedules._blocks(sch)[info["anchor"]]
+        conv = _sched()._blocks(sch)[info["anchor"]]
         data, weight = conv["reads"]
         if (str(data.dtype), str(weight.dtype), str(conv["writes"].dtype)) != (
             "uint8", "int8", "int32",
@@ -78,26 +89,25 @@ class Int8Conv2d:
         return info
 
     def space(self, info: dict, lanes: int) -> list[Knobs]:
-        xbs = sorted({min(info["w"], x) for x in (4, 7, 8, 14, 16) if info["w"] % x == 0})
-        return list(
-            {
-                schedules_key(k): k
-                for k in [self.default(info, lanes)] + [{"xb": xb} for xb in xbs]
-            }.values()
-        )
+        fb = MICRO[info["isa"]][0]
+        w = info["w"]
+        xbs = sorted({x for x in (4, 7, 8, 14, 16, w) if x <= min(w, 16) and w % x == 0})
+        fks = [k for k in (1, 2) if info["f"] % (k * fb) == 0]
+        out = [self.default(info, lanes)] + [{"xb": xb, "fk": fk} for fk in fks for xb in xbs]
+        return list({schedules_key(k): k for k in out}.values())
 
     def default(self, info: dict, lanes: int) -> Knobs:
         xb = next((x for x in range(16, 3, -1) if info["w"] % x == 0), 8)
-        return {"xb": min(xb, info["w"])}
+        return {"xb": min(xb, info["w"]), "fk": 1}
 
     def apply(self, func: tirx.PrimFunc, info: dict, knobs: Knobs) -> tirx.PrimFunc:
         if info["weight_param"] not in info.get("constants", ()):
             raise Decline("the weight is not a constant (cannot be packed)")
-        xb = knobs["xb"]
+        xb, fk = knobs["xb"], knobs.get("fk", 1)  # fk: micro-kernel channel blocks per tile
         FB, CB = MICRO[info["isa"]]  # noqa: N806
         func = func.with_attr("layout_free_buffers", [info["weight_param"]])
         sch = s_tir.Schedule(func)
-        blocks = schedules._blocks(sch)
+        blocks = _sched()._blocks(sch)
         conv = blocks[info["anchor"]]["block"]
         # input: padding and shifts inlined into one copy, channel groups of 4 innermost
         xcache = sch.cache_read(conv, 0, "global")
@@ -115,29 +125,34 @@ class Int8Conv2d:
         if info["anchor"] == len(blocks) - 1:
             out = sch.cache_write(conv, 0, "global")
         else:
-            out = schedules._inline_epilogue(sch, blocks, info["anchor"])["block"]
+            out = _sched()._inline_epilogue(sch, blocks, info["anchor"])["block"]
         sch.transform_layout(conv, ("write", 0),
                              lambda n, f, h, w: (n, f // FB, h, w, f % FB))  # fmt: skip
+        if info["f"] % (fk * FB):
+            raise Decline(f"F={info['f']} not a multiple of {fk * FB}")
         n, f, y, x = sch.get_loops(out)
-        fo, fi = sch.split(f, [None, FB])
+        fo, fi = sch.split(f, [None, fk * FB])
         xo, xi = sch.split(x, [None, xb])
         sch.reorder(n, fo, y, xo, xi, fi)
+        fvec = sch.split(fi, [fk, FB])[1] if fk > 1 else fi
         sch.compute_at(conv, xo)
-        inner = schedules._loops_below(sch, conv, xo)
-        tiled = sum(e > 1 for e in (FB, xb))
-        cf, cx = schedules._tile_loops(sch, inner[:tiled], (FB, xb))
+        inner = _sched()._loops_below(sch, conv, xo)
+        tiled = sum(e > 1 for e in (fk * FB, xb))
+        cf, cx = _sched()._tile_loops(sch, inner[:tiled], (fk * FB, xb))
         reduction = inner[tiled:]
         if not reduction or int(sch.get(reduction[0]).extent) != info["cin"]:
             raise Decline("unexpected reduction loops")
         co, ci = sch.split(reduction[0], [None, CB])
-        sch.reorder(co, *reduction[1:], *(lp for lp in (cx,) if lp is not None), cf, ci)
-        sch.vectorize(fi)
-        schedules._parallel_outer(sch, [n, fo, y])
-        schedules._parallel_outer(sch, sch.get_loops(xcache)[:-1])
+        cfo, cfi = sch.split(cf, [fk, FB]) if fk > 1 else (None, cf)
+        sch.reorder(co, *reduction[1:], *(lp for lp in (cx, cfo) if lp is not None), cfi, ci)
+        sch.vectorize(fvec)
+        _sched()._parallel_outer(sch, [n, fo, y])
+        _sched()._parallel_outer(sch, sch.get_loops(xcache)[:-1])
         init = sch.decompose_reduction(conv, co)
-        update = sch.blockize(cf)
-        if cx is not None:
-            sch.unroll(cx)
+        update = sch.blockize(cfi)
+        for lp in (cx, cfo):
+            if lp is not None:
+                sch.unroll(lp)
         sch.vectorize(sch.get_loops(init)[-1])
         _replace_body(sch, update, info["isa"])
         return sch.mod["main"]

@@ -45,10 +45,14 @@ def _model(nodes, inputs, outputs, inits) -> onnx.ModelProto:
     return model
 
 
-def run_int(model: onnx.ModelProto, feeds: list[np.ndarray], tmp_path: Path, target="x86_64"):
+def run_int(
+    model: onnx.ModelProto, feeds: list[np.ndarray], tmp_path: Path, target="x86_64", choose=None
+):
     """Compile with integer_only (nothing float left) and run: (output, quant, records)."""
     quant: dict = {}
-    ex, records = lower.build(model, _target(target), THREADS, integer_only=True, quant=quant)
+    ex, records = lower.build(
+        model, _target(target), THREADS, integer_only=True, quant=quant, choose=choose
+    )
     path = tmp_path / "model.so"
     lower.export(ex, path, _target(target))
     return lower.Runtime(path, THREADS).run(feeds)[0], quant, records
@@ -109,7 +113,7 @@ def _int8_template() -> str:
 
 @pytest.mark.parametrize("act", ["uint8", "int8"])
 @pytest.mark.parametrize("case", CONVS, ids=lambda c: "c{}f{}k{}s{}p{}g{}".format(*c[:6]))
-def test_conv_bit_exact(case, act, tmp_path, target="x86_64"):
+def test_conv_bit_exact(case, act, tmp_path, target="x86_64", choose=None):
     c, f, k, stride, pad, groups, hw = case
     rng = _rng("conv", case, act)
     x = _act(rng, (1, c, hw, hw), act)
@@ -142,7 +146,7 @@ def test_conv_bit_exact(case, act, tmp_path, target="x86_64"):
             "so": np.array(so, np.float32), "zo": np.array(zo, act),
         },
     )  # fmt: skip
-    got, quant, records = run_int(model, [x], tmp_path, target)
+    got, quant, records = run_int(model, [x], tmp_path, target, choose)
     # the same arithmetic in numpy: real multiplier sx * sw / so per output channel
     mult = np.float64(np.float32(sx)) * sw.astype(np.float64) / np.float64(np.float32(so))
     want = qdq.requantize_ref([(acc, mult.reshape(1, -1, 1, 1))], zo, act)
@@ -162,6 +166,29 @@ def test_conv_avx2_bit_exact(case, act, tmp_path, monkeypatch):
     """The x86_64-avx2 target: the vpmaddwd micro-kernel (this CPU runs AVX2 code)."""
     monkeypatch.setattr(__name__ + "._int8_template", lambda: "int8_conv2d")
     test_conv_bit_exact(case, act, tmp_path, target="x86_64-avx2")
+
+
+def test_conv_every_candidate_bit_exact(tmp_path):
+    """Every knob set of int8_conv2d's search space (tile width, 1 or 2 channel blocks)."""
+    from edgec.lower import int8
+
+    with __import__("tvm").target.Target(lower.target_json(_target(), 1)):
+        if int8._isa() is None:
+            pytest.skip("no x86 dot-product instructions here")
+    spaces: list = []
+
+    def first(name, info, space, default):
+        if "fk" in default:  # int8_conv2d's knobs
+            spaces.append(space)
+        return default
+
+    test_conv_bit_exact(CONVS[1], "uint8", tmp_path, choose=first)
+    space = spaces[0]
+    assert len(space) >= 2 and {k["fk"] for k in space} == {1, 2}
+    for i, knobs in enumerate(space[1:]):
+        (tmp_path / str(i)).mkdir()
+        pick = lambda n, info, sp, d, k=knobs: k if "fk" in d else d  # noqa: E731
+        test_conv_bit_exact(CONVS[1], "uint8", tmp_path / str(i), choose=pick)
 
 
 MATMULS = [(1, 64, 10, "gemm"), (7, 96, 48, "gemm"), (16, 32, 64, "matmul"), (5, 30, 17, "matmul")]
