@@ -267,6 +267,7 @@ def _is_float(expr) -> bool:
     return _dtype(expr).startswith(("float", "bfloat"))
 
 
+_ANCHORS = ("relax.nn.conv2d", "relax.matmul", "relax.nn.conv2d_transpose")
 _LAYOUT_OPS = (
     "relax.reshape", "relax.permute_dims", "relax.strided_slice", "relax.squeeze",
     "relax.expand_dims", "relax.flatten",
@@ -451,11 +452,12 @@ class _Rewriter:
         op = self._op(y)
         if op in ("relax.nn.relu", "relax.clip"):  # an activation fused into the requantization
             inner = self._value(y.args[0])
-            if self._op(inner) in ("relax.add", "relax.nn.conv2d", "relax.matmul"):
+            if self._op(inner) in ("relax.add", *_ANCHORS):
                 lo, hi = self._act_range(y, out)
                 y, op = inner, self._op(inner)
         rules = {
             "relax.add": self._add, "relax.nn.conv2d": self._conv, "relax.matmul": self._matmul,
+            "relax.nn.conv2d_transpose": self._conv_transpose,
             "relax.concat": self._concat, "relax.nn.max_pool2d": self._max_pool,
             "relax.nn.avg_pool2d": self._avg_pool, "relax.mean": self._mean,
             "relax.nn.relu": self._clamp, "relax.clip": self._clamp,
@@ -463,7 +465,7 @@ class _Rewriter:
         kind = op
         if op == "relax.add":
             anchors = [self._op(self._value(a)) for a in y.args]
-            kind = next((a for a in anchors if a in ("relax.nn.conv2d", "relax.matmul")), op)
+            kind = next((a for a in anchors if a in _ANCHORS), op)
         if op in _LAYOUT_OPS:
             result = self._layout(y, out)
         elif op in rules:
@@ -526,15 +528,16 @@ class _Rewriter:
                                      self._c(x.zp_scalar, "int32")))  # fmt: skip
 
     def _add(self, y, out: QTensor, lo=None, hi=None):
-        a, b = self._value(y.args[0]), self._value(y.args[1])
-        if self._op(a) in ("relax.nn.conv2d", "relax.matmul"):
-            return (self._conv if self._op(a) == "relax.nn.conv2d" else self._matmul)(
-                a, out, lo, hi, bias=y.args[1]
-            )
-        if self._op(b) in ("relax.nn.conv2d", "relax.matmul"):
-            return (self._conv if self._op(b) == "relax.nn.conv2d" else self._matmul)(
-                b, out, lo, hi, bias=y.args[0]
-            )
+        anchors = {"relax.nn.conv2d": self._conv, "relax.matmul": self._matmul,
+                   "relax.nn.conv2d_transpose": self._conv_transpose}  # fmt: skip
+        for i in (0, 1):
+            anchor = self._value(y.args[i])
+            if self._op(anchor) in anchors:
+                try:  # conv/matmul + bias
+                    return anchors[self._op(anchor)](anchor, out, lo, hi, bias=y.args[1 - i])
+                except Decline:
+                    if self._const(y.args[1 - i]) is not None:
+                        raise
         qa, qb = self._qin(y.args[0]), self._qin(y.args[1])
         terms = [
             (self._centered(qa), qa.scale_scalar / out.scale_scalar),
@@ -647,6 +650,29 @@ class _Rewriter:
         if np.any(np.abs(offset) >= 2**31):
             raise Decline("bias out of the int32 range")
         acc = self._emit(self.R.add(acc, self._c(offset.reshape(1, -1, 1, 1), "int32")))
+        real = (acc_scale / out.scale_scalar).reshape(1, -1, 1, 1)
+        return self._requant([(acc, real)], out.zp_scalar, out.dtype, lo, hi)
+
+    def _conv_transpose(self, conv, out: QTensor, lo=None, hi=None, bias=None):
+        """Exact but plain: int32 transposed convolution of ``x - zx`` (the zero point cannot
+        be folded into a bias: the number of taps per output varies)."""
+        a = conv.attrs
+        if str(a.data_layout) != "NCHW" or str(a.kernel_layout) != "IOHW" or int(a.groups) != 1:
+            raise Decline("conv2d_transpose: only NCHW/IOHW, groups = 1")
+        x, w = self._qin(conv.args[0]), self._weight(conv.args[1])
+        channels = w.data.shape[1]
+        if w.scale.size > 1 and w.axis % 4 != 1:
+            raise Decline("conv2d_transpose weight not quantized per output channel (axis 1)")
+        w_scale = np.broadcast_to(w.scale.reshape(-1), (channels,))
+        acc_scale = x.scale_scalar * w_scale
+        bias_int = self._bias(bias, channels, acc_scale)
+        acc = self._emit(self.R.nn.conv2d_transpose(
+            self._centered(x), self.relax.const(w.data.astype(np.int32)),
+            strides=[int(v) for v in a.strides], padding=[int(v) for v in a.padding],
+            output_padding=[int(v) for v in a.output_padding],
+            dilation=[int(v) for v in a.dilation], out_dtype="int32",
+        ))  # fmt: skip
+        acc = self._emit(self.R.add(acc, self._c(bias_int.reshape(1, -1, 1, 1), "int32")))
         real = (acc_scale / out.scale_scalar).reshape(1, -1, 1, 1)
         return self._requant([(acc, real)], out.zp_scalar, out.dtype, lo, hi)
 

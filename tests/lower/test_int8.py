@@ -240,6 +240,57 @@ def test_matmul_bit_exact(case, act, tmp_path):
     assert quant["integer_op_kinds"] == {"matmul": 1} and quant["float_ops"] == []
 
 
+@pytest.mark.parametrize("act", ["uint8", "int8"])
+def test_conv_transpose_bit_exact(act, tmp_path):
+    """ConvTranspose 3x3 stride 2, pads 1, output_padding 1: integer, plain int32 kernel."""
+    rng = _rng("convT", act)
+    c, f, hw, k, s, p = 8, 6, 5, 3, 2, 1
+    x = _act(rng, (1, c, hw, hw), act)
+    zx, sx = (int(rng.integers(100, 150)) if act == "uint8" else 3), 0.03
+    w = rng.integers(-127, 128, (c, f, k, k)).astype(np.int8)
+    sw = rng.uniform(0.002, 0.02, f).astype(np.float32)
+    b = rng.integers(-2000, 2000, f).astype(np.int32)
+    full = np.zeros((1, f, (hw - 1) * s + k + 1, (hw - 1) * s + k + 1), np.int64)
+    xc = x.astype(np.int64) - zx
+    for u in range(k):
+        for v in range(k):
+            contrib = np.einsum("nchw,cf->nfhw", xc, w[:, :, u, v].astype(np.int64))
+            full[:, :, u : u + s * hw : s, v : v + s * hw : s] += contrib
+    out_hw = (hw - 1) * s - 2 * p + k + 1
+    acc = full[:, :, p : p + out_hw, p : p + out_hw] + b.reshape(1, -1, 1, 1)
+    so, zo = _out_params(acc * (sx * sw.astype(np.float64)).reshape(1, -1, 1, 1), act)
+    nodes = [
+        helper.make_node("DequantizeLinear", ["x", "sx", "zx"], ["xf"]),
+        helper.make_node("DequantizeLinear", ["w", "sw", "zw"], ["wf"], axis=1),
+        helper.make_node("DequantizeLinear", ["b", "bs", "bz"], ["bf"], axis=0),
+        helper.make_node(
+            "ConvTranspose",
+            ["xf", "wf", "bf"],
+            ["yf"],
+            strides=[s, s],
+            pads=[p] * 4,
+            output_padding=[1, 1],
+        ),  # fmt: skip
+        helper.make_node("QuantizeLinear", ["yf", "so", "zo"], ["y"]),
+    ]
+    model = _model(
+        nodes,
+        [helper.make_tensor_value_info("x", NP2ONNX[act], list(x.shape))],
+        [helper.make_tensor_value_info("y", NP2ONNX[act], list(acc.shape))],
+        {
+            "sx": np.array(sx, np.float32), "zx": np.array(zx, act), "w": w, "sw": sw,
+            "zw": np.zeros(f, np.int8), "b": b, "bs": (np.float32(sx) * sw).astype(np.float32),
+            "bz": np.zeros(f, np.int32), "so": np.array(so, np.float32), "zo": np.array(zo, act),
+        },
+    )  # fmt: skip
+    got, quant, _ = run_int(model, [x], tmp_path)
+    mult = np.float64(np.float32(sx)) * sw.astype(np.float64) / np.float64(np.float32(so))
+    np.testing.assert_array_equal(
+        got, qdq.requantize_ref([(acc, mult.reshape(1, -1, 1, 1))], zo, act)
+    )
+    assert quant["integer_op_kinds"] == {"nn.conv2d_transpose": 1} and quant["float_ops"] == []
+
+
 def test_add_pool_concat_bit_exact(tmp_path):
     """Quantized Add (two-term requantization), Relu, MaxPool, GlobalAveragePool, Concat."""
     rng = _rng("add")
