@@ -676,7 +676,27 @@ class _Rewriter:
         real = (acc_scale / out.scale_scalar).reshape(1, -1, 1, 1)
         return self._requant([(acc, real)], out.zp_scalar, out.dtype, lo, hi)
 
+    def _matmul_act(self, mm, out: QTensor, lo=None, hi=None, bias=None):
+        """Two quantized activations (attention): an int32 matmul of ``a - za`` and ``b - zb``."""
+        qa, bexpr = self._qin(mm.args[0]), self._value(mm.args[1])
+        if self._op(bexpr) == "relax.permute_dims":
+            qb = self._qin(bexpr.args[0])
+            b = self._emit(self.relax.Call(bexpr.op, [self._centered(qb)], bexpr.attrs))
+        else:
+            qb = self._qin(mm.args[1])
+            b = self._centered(qb)
+        acc = self._emit(self.R.matmul(self._centered(qa), b, out_dtype="int32"))
+        scale = qa.scale_scalar * qb.scale_scalar
+        n = int(mm.ty.shape[-1])
+        if bias is not None:
+            acc = self._emit(
+                self.R.add(acc, self._c(self._bias(bias, n, np.full(n, scale)), "int32"))
+            )
+        return self._requant([(acc, scale / out.scale_scalar)], out.zp_scalar, out.dtype, lo, hi)
+
     def _matmul(self, mm, out: QTensor, lo=None, hi=None, bias=None):
+        if self._const(mm.args[1]) is None:
+            return self._matmul_act(mm, out, lo, hi, bias)
         x = self._qin(mm.args[0])
         wexpr = self._value(mm.args[1])
         if self._op(wexpr) == "relax.permute_dims":

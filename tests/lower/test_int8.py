@@ -291,6 +291,39 @@ def test_conv_transpose_bit_exact(act, tmp_path):
     assert quant["integer_op_kinds"] == {"nn.conv2d_transpose": 1} and quant["float_ops"] == []
 
 
+def test_matmul_activations_bit_exact(tmp_path):
+    """Attention-style MatMul of two quantized activations (one transposed), batched."""
+    rng = _rng("mmact")
+    a, b = _act(rng, (2, 6, 16), "uint8"), _act(rng, (2, 9, 16), "int8")
+    p = {"sa": 0.02, "za": 131, "sb": 0.05, "zb": -3}
+    acc = np.einsum("bik,bjk->bij", a.astype(np.int64) - p["za"], b.astype(np.int64) - p["zb"])
+    so, zo = _out_params(acc * p["sa"] * p["sb"], "uint8")
+    nodes = [
+        helper.make_node("DequantizeLinear", ["a", "sa", "za"], ["af"]),
+        helper.make_node("DequantizeLinear", ["b", "sb", "zb"], ["bf"]),
+        helper.make_node("Transpose", ["bf"], ["bt"], perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["af", "bt"], ["yf"]),
+        helper.make_node("QuantizeLinear", ["yf", "so", "zo"], ["y"]),
+    ]
+    inits = {
+        "sa": np.array(p["sa"], np.float32), "za": np.array(p["za"], np.uint8),
+        "sb": np.array(p["sb"], np.float32), "zb": np.array(p["zb"], np.int8),
+        "so": np.array(so, np.float32), "zo": np.array(zo, np.uint8),
+    }  # fmt: skip
+    model = _model(
+        nodes,
+        [helper.make_tensor_value_info("a", TensorProto.UINT8, [2, 6, 16]),
+         helper.make_tensor_value_info("b", TensorProto.INT8, [2, 9, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.UINT8, [2, 6, 9])],
+        inits,
+    )  # fmt: skip
+    got, quant, _ = run_int(model, [a, b], tmp_path)
+    f32 = {k: np.float64(np.float32(v)) for k, v in p.items() if k[0] == "s"}
+    mult = f32["sa"] * f32["sb"] / np.float64(np.float32(so))
+    np.testing.assert_array_equal(got, qdq.requantize_ref([(acc, mult)], zo, "uint8"))
+    assert quant["float_ops"] == [] and quant["integer_op_kinds"] == {"matmul": 1}
+
+
 def test_add_pool_concat_bit_exact(tmp_path):
     """Quantized Add (two-term requantization), Relu, MaxPool, GlobalAveragePool, Concat."""
     rng = _rng("add")
