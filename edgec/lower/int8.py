@@ -39,7 +39,13 @@ def Decline(message: str) -> Exception:  # noqa: N802 - schedules.Decline, raise
 
 
 # micro-kernel per instruction set: output channels (int32 lanes) x input channels per step
-MICRO = {"vnni": (16, 4), "avx2": (8, 2)}
+# ("vnni8": vpdpbusd on ymm, AVX512-VL, for F a multiple of 8 but not of 16)
+MICRO = {"vnni": (16, 4), "vnni8": (8, 4), "avx2": (8, 2)}
+INTRINSIC = {
+    "vnni": "llvm.x86.avx512.vpdpbusd.512",
+    "vnni8": "llvm.x86.avx512.vpdpbusd.256",
+    "avx2": "llvm.x86.avx2.pmadd.wd",
+}
 
 
 def _isa() -> str | None:
@@ -55,7 +61,7 @@ def _isa() -> str | None:
     ):
         return None
     has = tvm_ffi.get_global_func("target.llvm_cpu_has_feature")
-    if has("avx512vnni", tgt) and has("avx512bw", tgt):
+    if has("avx512vnni", tgt) and has("avx512bw", tgt) and has("avx512vl", tgt):
         return "vnni"
     if has("avx2", tgt):
         return "avx2"
@@ -82,6 +88,8 @@ class Int8Conv2d:
         isa = _isa()
         if isa is None:
             raise Decline("no x86 AVX2/VNNI target")
+        if isa == "vnni" and info["f"] % 16:
+            isa = "vnni8"
         fb, cb = MICRO[isa]
         if channels % cb or info["f"] % fb:
             raise Decline(f"C={channels} not a multiple of {cb} or F={info['f']} of {fb}")
@@ -184,16 +192,15 @@ def _replace_body(sch: s_tir.Schedule, block, isa: str) -> None:
     x = tirx.BufferLoad(x_buf, _vector_index(_region(stmt, x_buf), CB))  # uint8 x CB
     w = tirx.BufferLoad(w_buf, _vector_index(_region(stmt, w_buf), FB * CB))  # int8 x FB*CB
     acc = tirx.BufferLoad(acc_buf, acc_idx)
-    if isa == "vnni":
-        # LLVM 22's signature: (<16 x i32> acc, <64 x i8> u8 data, <64 x i8> s8 data)
+    if isa.startswith("vnni"):
+        # LLVM 22's signature: (<16 x i32> acc, <64 x i8> u8 data, <64 x i8> s8 data) (ymm: 8, 32)
         a = tirx.reinterpret(f"int8x{FB * CB}", tirx.Broadcast(tirx.reinterpret("int32", x), FB))
-        b = w
-        value = tirx.call_llvm_pure_intrin(f"int32x{FB}", "llvm.x86.avx512.vpdpbusd.512", acc, a, b)
+        value = tirx.call_llvm_pure_intrin(f"int32x{FB}", INTRINSIC[isa], acc, a, w)
     else:  # avx2: u8 pairs and s8 weights widened to int16, vpmaddwd (exact, no saturation)
         pair = tirx.reinterpret("int32", tirx.Cast(f"int16x{CB}", x))
         a = tirx.reinterpret(f"int16x{FB * CB}", tirx.Broadcast(pair, FB))
         b = tirx.Cast(f"int16x{FB * CB}", w)
-        value = acc + tirx.call_llvm_pure_intrin(f"int32x{FB}", "llvm.x86.avx2.pmadd.wd", a, b)
+        value = acc + tirx.call_llvm_pure_intrin(f"int32x{FB}", INTRINSIC[isa], a, b)
     body = tirx.BufferStore(acc_buf, value, acc_idx)
     new = s_tir.SBlock(stmt.iter_vars, stmt.reads, stmt.writes, stmt.name_hint, body, stmt.init,
                        stmt.alloc_buffers, stmt.match_buffers, stmt.annotations)  # fmt: skip

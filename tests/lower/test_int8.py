@@ -99,6 +99,7 @@ CONVS = [  # c, f, k, stride, pad, groups, hw
     (32, 32, 3, 2, 1, 32, 10),
     (3, 16, 3, 2, 1, 1, 12),  # stem-like: 3 input channels
     (64, 16, 3, 1, 0, 1, 6),
+    (16, 24, 1, 1, 0, 1, 8),  # F = 24: the 8-channel micro-kernel
 ]
 
 
@@ -154,7 +155,7 @@ def test_conv_bit_exact(case, act, tmp_path, target="x86_64", choose=None):
     np.testing.assert_array_equal(got, want)
     assert quant["integer_op_kinds"] == {"nn.conv2d": 1} and quant["float_ops"] == []
     conv = [r for r in records if "conv2d" in r["kernel"]]
-    dense = groups == 1 and f % 16 == 0  # input channels are padded to a multiple of 4
+    dense = groups == 1 and f % 8 == 0  # input channels are padded to a multiple of 4
     assert conv[0]["template"] == (_int8_template() if dense else "conv2d"), conv
     # not trivially saturated: the test exercises the requantization
     assert len(np.unique(got)) > 20
