@@ -7,6 +7,8 @@ fake quantization: ``dequantize -> float conv -> quantize``. ``lower_qdq`` rewri
 * conv2d / matmul (Gemm) with constant int8 weights (zero point 0, per-channel or per-tensor
   scale): the activation (uint8, or int8 moved to uint8 by +128) padded with its zero point,
   uint8 x int8 -> int32 accumulation, then ``acc - zx * sum(w) + bias`` with the bias in int32;
+* conv2d_transpose (ConvTranspose) as a plain int32 transposed convolution of ``x - zx``, and
+  matmul of two quantized activations (attention) as an int32 matmul of ``a - za``, ``b - zb``;
 * add, concat, max/avg pooling, global average pooling (mean), relu/clip, and layout ops
   (reshape, transpose, slice) on quantized tensors;
 * requantization by a dyadic multiplier, exactly: ``y = ((acc * M + 2**(n-1)) >> n) + zp``
