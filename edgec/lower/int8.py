@@ -8,7 +8,9 @@ template re-lays the operands out for a micro-kernel of 16 output channels x 4 i
 * weights packed at compile time to ``[F/16, C/4, KH, KW, 16*4]`` (``layout_rewrite_preproc``);
 * the input (padding, zero point and the +128 shift inlined) copied per call to
   ``[N, C/4, H, W, 4]`` so the 4 channels of a pixel are one 32-bit word;
-* the accumulator tile as ``[.., 16]`` (16 int32 lanes), ``xb`` output columns kept in registers.
+* the accumulator tile as ``[.., 16]`` (16 int32 lanes), ``xb`` output columns kept in registers;
+  the requantization epilogue reads the tile and writes the NCHW output row-wise (``epi="x"``,
+  contiguous stores) or channel-wise (strided stores).
 
 The 16x4 step is one instruction, written as ``T.call_llvm_pure_intrin`` into the block body
 (``tensorize`` crashes in TVM 0.27): the update block over (16 channels x 4) is blockized and its
@@ -101,12 +103,14 @@ class Int8Conv2d:
         w = info["w"]
         xbs = sorted({x for x in (4, 7, 8, 14, 16, w) if x <= min(w, 16) and w % x == 0})
         fks = [k for k in (1, 2) if info["f"] % (k * fb) == 0]
-        out = [self.default(info, lanes)] + [{"xb": xb, "fk": fk} for fk in fks for xb in xbs]
+        out = [self.default(info, lanes)] + [
+            {"xb": xb, "fk": fk, **epi} for fk in fks for xb in xbs for epi in ({}, {"epi": "x"})
+        ]
         return list({schedules_key(k): k for k in out}.values())
 
     def default(self, info: dict, lanes: int) -> Knobs:
         xb = next((x for x in range(16, 3, -1) if info["w"] % x == 0), 8)
-        return {"xb": min(xb, info["w"]), "fk": 1}
+        return {"xb": min(xb, info["w"]), "fk": 1, "epi": "x"}
 
     def apply(self, func: tirx.PrimFunc, info: dict, knobs: Knobs) -> tirx.PrimFunc:
         if info["weight_param"] not in info.get("constants", ()):
@@ -143,6 +147,9 @@ class Int8Conv2d:
         xo, xi = sch.split(x, [None, xb])
         sch.reorder(n, fo, y, xo, xi, fi)
         fvec = sch.split(fi, [fk, FB])[1] if fk > 1 else fi
+        if knobs.get("epi") == "x":  # epilogue vectorized along the row: contiguous stores
+            sch.reorder(fvec, xi)
+            fvec = xi
         sch.compute_at(conv, xo)
         inner = _sched()._loops_below(sch, conv, xo)
         tiled = sum(e > 1 for e in (fk * FB, xb))
