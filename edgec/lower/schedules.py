@@ -27,6 +27,8 @@ from collections.abc import Callable, Sequence
 
 from tvm import s_tir, tirx
 
+from edgec.lower import int8
+
 Knobs = dict
 
 
@@ -398,13 +400,8 @@ def _tile_loops(sch: s_tir.Schedule, spatial: list, extents: tuple[int, ...]) ->
     return [next(it) if extent > 1 else None for extent in extents]
 
 
-def _templates() -> tuple:
-    from edgec.lower import int8  # int8 templates first: they decline anything not u8 x s8
-
-    return (*int8.TEMPLATES, Conv2d(), Matmul(), Generic())
-
-
-TEMPLATES: tuple = ()  # filled below (int8 imports this module's helpers)
+# the int8 templates first: they decline anything that is not u8 x s8 -> s32
+TEMPLATES: tuple = (*int8.TEMPLATES, Conv2d(), Matmul(), Generic())
 
 
 def constant_params(mod) -> dict[str, set[int]]:
@@ -472,6 +469,3 @@ def apply_all(
             break
         records.append(record)
     return mod, records
-
-
-TEMPLATES = _templates()
