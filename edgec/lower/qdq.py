@@ -319,6 +319,9 @@ class _Rewriter:
             except Decline as e:
                 if not isinstance(self._value(b.value.args[0]), self.relax.Var):  # input: boundary
                     self.declined.append({"var": b.var.name, "reason": str(e)})
+            except Exception as e:  # a rule's bug costs the integer form, never the build
+                reason = f"internal error {type(e).__name__}: {str(e)[-200:]}"
+                self.declined.append({"var": b.var.name, "reason": reason})
         if new is None:
             value = self._sub(b.value)
             local = (
@@ -366,6 +369,12 @@ class _Rewriter:
         if op == "relax.dequantize":
             q = self._qconst(expr)
             return None if q is None else _dequant(q)
+        if op == "relax.isnan":
+            inner = self._const(expr.args[0])
+            return None if inner is None else np.isnan(inner)
+        if op == "relax.where":
+            parts = [self._const(a) for a in expr.args]
+            return None if any(p is None for p in parts) else np.where(*parts)
         if op in ("relax.reshape", "relax.permute_dims"):
             inner = self._const(expr.args[0])
             if inner is None:
@@ -451,18 +460,24 @@ class _Rewriter:
             raise Decline(f"output type {out.dtype}")
         y = self._value(q.args[0])
         lo = hi = None
+        bounds = self._activations(y)  # relu / clip / max / min with constant bounds
+        if bounds is not None:
+            act = "nn.relu" if self._op(y) == "relax.nn.relu" else "clip"
+            y, real_lo, real_hi = bounds
+            if self._op(y) == "relax.dequantize":
+                self.lowered.append(act)
+                return self._clamp(self._qin(y), out, real_lo, real_hi)
+            if self._op(y) not in ("relax.add", *_ANCHORS):
+                raise Decline(f"an activation after {self._op(y)}")
+            # Q is monotone: Q(clip(v, a, b)) = clip(Q(v), Q(a), Q(b)), a clamp of the requant
+            lo = None if real_lo == -np.inf else self._q(real_lo, out)
+            hi = None if real_hi == np.inf else self._q(real_hi, out)
         op = self._op(y)
-        if op in ("relax.nn.relu", "relax.clip"):  # an activation fused into the requantization
-            inner = self._value(y.args[0])
-            if self._op(inner) in ("relax.add", *_ANCHORS):
-                lo, hi = self._act_range(y, out)
-                y, op = inner, self._op(inner)
         rules = {
             "relax.add": self._add, "relax.nn.conv2d": self._conv, "relax.matmul": self._matmul,
             "relax.nn.conv2d_transpose": self._conv_transpose,
             "relax.concat": self._concat, "relax.nn.max_pool2d": self._max_pool,
             "relax.nn.avg_pool2d": self._avg_pool, "relax.mean": self._mean,
-            "relax.nn.relu": self._clamp, "relax.clip": self._clamp,
         }  # fmt: skip
         kind = op
         if op == "relax.add":
@@ -479,17 +494,37 @@ class _Rewriter:
         self.lowered.append(kind.removeprefix("relax."))
         return result
 
-    def _act_range(self, act, out: QTensor) -> tuple[int, int | None]:
-        """Q(relu(v)) = max(Q(v), Q(0)) and Q(clip(v, a, b)) = clip(Q(v), Q(a), Q(b)): Q is
-        monotone, so the activation becomes the requantization's clamp."""
+    @staticmethod
+    def _q(value: float, out: QTensor) -> int:
+        return int(np.round(value / out.scale_scalar)) + out.zp_scalar
 
-        def q(v: float) -> int:
-            return int(np.round(v / out.scale_scalar)) + out.zp_scalar
-
-        if self._op(act) == "relax.nn.relu":
-            return q(0.0), None
-        lo, hi = (float(a.value) for a in act.args[1:3])
-        return q(lo), q(hi)
+    def _activations(self, y) -> tuple[object, float, float] | None:
+        """Peel relu, clip and elementwise max/min with a constant scalar bound (how the
+        importer writes Clip with tensor bounds) off ``y``: (inner value, real lo, real hi)."""
+        lo, hi, peeled = -np.inf, np.inf, False
+        while True:
+            op = self._op(y)
+            if op == "relax.nn.relu":
+                lo, y = max(lo, 0.0), self._value(y.args[0])
+            elif op == "relax.clip":
+                a, b = (float(v.value) for v in y.args[1:3])
+                lo, hi, y = max(lo, a), min(hi, b), self._value(y.args[0])
+            elif op == "relax.call_tir" and y.args[0].name_hint.rstrip("0123456789") in (
+                "maximum", "minimum",
+            ):  # fmt: skip
+                args = list(y.args[1].fields) if isinstance(y.args[1], self.relax.Tuple) else []
+                bound = self._const(args[1]) if len(args) == 2 else None
+                if bound is None or bound.size != 1:
+                    break
+                if y.args[0].name_hint.startswith("maximum"):
+                    lo = max(lo, float(bound.reshape(-1)[0]))
+                else:
+                    hi = min(hi, float(bound.reshape(-1)[0]))
+                y = self._value(args[0])
+            else:
+                break
+            peeled = True
+        return (y, lo, hi) if peeled else None
 
     def _identity(self, x: QTensor, out: QTensor, data=None):
         """Re-quantize ``x`` (or ``data`` with x's parameters) to ``out``'s parameters."""
@@ -510,15 +545,14 @@ class _Rewriter:
                                            y.ty_args))  # fmt: skip
         return self._identity(x, out, moved)
 
-    def _clamp(self, y, out: QTensor, lo, hi):
-        x = self._qin(y.args[0])
+    def _clamp(self, x: QTensor, out: QTensor, real_lo: float, real_hi: float):
+        """Q(clip(DQ(x), lo, hi)): x clamped to the codes whose real value is in [lo, hi]."""
         qmin, qmax = QRANGE[x.dtype]
-        if self._op(y) == "relax.nn.relu":
-            a, b = x.zp_scalar, qmax
-        else:
-            lo_r, hi_r = (float(v.value) for v in y.args[1:3])
-            a = max(qmin, int(np.ceil(lo_r / x.scale_scalar + x.zp_scalar)))
-            b = min(qmax, int(np.floor(hi_r / x.scale_scalar + x.zp_scalar)))
+        a, b = qmin, qmax
+        if real_lo > -np.inf:
+            a = max(qmin, int(np.ceil(real_lo / x.scale_scalar + x.zp_scalar)))
+        if real_hi < np.inf:
+            b = min(qmax, int(np.floor(real_hi / x.scale_scalar + x.zp_scalar)))
         clamped = self._emit(
             self.R.clip(x.data, self.relax.prim_value(a), self.relax.prim_value(b))
         )

@@ -325,6 +325,48 @@ def test_matmul_activations_bit_exact(tmp_path):
     assert quant["float_ops"] == [] and quant["integer_op_kinds"] == {"matmul": 1}
 
 
+def test_conv_clip_tensor_bounds_bit_exact(tmp_path):
+    """Conv + Clip(min, max as tensors: the importer's maximum/minimum) + a standalone Clip on
+    a quantized tensor: the first becomes the requantization's clamp, the second a clamp of
+    the codes."""
+    rng = _rng("clip")
+    x = _act(rng, (1, 8, 8, 8), "uint8")
+    w = rng.integers(-100, 100, (16, 8, 3, 3)).astype(np.int8)
+    inits = {
+        "sx": np.array(0.02, np.float32), "zx": np.array(128, np.uint8), "w": w,
+        "sw": np.full(16, 0.01, np.float32), "zw": np.zeros(16, np.int8),
+        "lo": np.array(0, np.float32), "hi": np.array(6, np.float32),
+        "so": np.array(0.03, np.float32), "zo": np.array(0, np.uint8),
+        "lo2": np.array(1.0, np.float32), "hi2": np.array(4.5, np.float32),
+        "s2": np.array(0.02, np.float32), "z2": np.array(10, np.uint8),
+    }  # fmt: skip
+    nodes = [
+        helper.make_node("DequantizeLinear", ["x", "sx", "zx"], ["xf"]),
+        helper.make_node("DequantizeLinear", ["w", "sw", "zw"], ["wf"], axis=0),
+        helper.make_node("Conv", ["xf", "wf"], ["c"], pads=[1] * 4),
+        helper.make_node("Clip", ["c", "lo", "hi"], ["r"]),
+        helper.make_node("QuantizeLinear", ["r", "so", "zo"], ["rq"]),
+        helper.make_node("DequantizeLinear", ["rq", "so", "zo"], ["rd"]),
+        helper.make_node("Clip", ["rd", "lo2", "hi2"], ["r2"]),
+        helper.make_node("QuantizeLinear", ["r2", "s2", "z2"], ["y"]),
+    ]
+    model = _model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, 8, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.UINT8, [1, 16, 8, 8])],
+        inits,
+    )
+    got, quant, _ = run_int(model, [x], tmp_path)
+    f32 = {k: np.float64(v) for k, v in inits.items() if k[0] == "s"}
+    acc = _conv_ref(x, 128, w, 1, 1, 1)
+    mult = f32["sx"] * f32["sw"][0] / f32["so"]
+    r = qdq.requantize_ref([(acc, mult)], 0, "uint8", lo=0, hi=int(np.round(6 / f32["so"])))
+    codes = np.clip(r, int(np.ceil(1.0 / f32["so"])), int(np.floor(4.5 / f32["so"])))
+    want = qdq.requantize_ref([(codes.astype(np.int64), f32["so"] / f32["s2"])], 10, "uint8")
+    np.testing.assert_array_equal(got, want)
+    assert quant["integer_op_kinds"] == {"nn.conv2d": 1, "clip": 1}
+
+
 def test_add_pool_concat_bit_exact(tmp_path):
     """Quantized Add (two-term requantization), Relu, MaxPool, GlobalAveragePool, Concat."""
     rng = _rng("add")
