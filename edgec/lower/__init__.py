@@ -211,8 +211,9 @@ def build(
 
     from edgec.lower import qdq, schedules
 
-    mod = to_relax(model)
-    mod = qdq.lower(mod, integer_only, quant)
+    with qdq.onnx_node_names() as names:
+        mod = to_relax(model)
+    mod = qdq.lower(mod, integer_only, quant, names)
     tgt = tvm.target.Target(target_json(target, threads))
     if target.device != "cpu":  # GPU: dlight's default schedules (edgec.lower.gpu)
         from edgec.lower import gpu

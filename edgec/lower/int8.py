@@ -8,7 +8,9 @@ template re-lays the operands out for a micro-kernel of 16 output channels x 4 i
 * weights packed at compile time to ``[F/16, C/4, KH, KW, 16*4]`` (``layout_rewrite_preproc``);
 * the input (padding, zero point and the +128 shift inlined) copied per call to
   ``[N, C/4, H, W, 4]`` so the 4 channels of a pixel are one 32-bit word;
-* the accumulator tile as ``[.., 16]`` (16 int32 lanes), ``xb`` output columns kept in registers.
+* the accumulator tile as ``[.., 16]`` (16 int32 lanes), ``xb`` output columns kept in registers;
+  the requantization epilogue reads the tile and writes the NCHW output row-wise (``epi="x"``,
+  contiguous stores) or channel-wise (strided stores).
 
 The 16x4 step is one instruction, written as ``T.call_llvm_pure_intrin`` into the block body
 (``tensorize`` crashes in TVM 0.27): the update block over (16 channels x 4) is blockized and its
@@ -24,11 +26,28 @@ from __future__ import annotations
 
 from tvm import s_tir, tirx
 
-from edgec.lower import schedules
-from edgec.lower.schedules import Decline, Knobs
+Knobs = dict
+
+
+def _sched():
+    """edgec.lower.schedules (imported lazily: its TEMPLATES include this module's)."""
+    from edgec.lower import schedules
+
+    return schedules
+
+
+def Decline(message: str) -> Exception:  # noqa: N802 - schedules.Decline, raised as such
+    return _sched().Decline(message)
+
 
 # micro-kernel per instruction set: output channels (int32 lanes) x input channels per step
-MICRO = {"vnni": (16, 4), "avx2": (8, 2)}
+# ("vnni8": vpdpbusd on ymm, AVX512-VL, for F a multiple of 8 but not of 16)
+MICRO = {"vnni": (16, 4), "vnni8": (8, 4), "avx2": (8, 2)}
+INTRINSIC = {
+    "vnni": "llvm.x86.avx512.vpdpbusd.512",
+    "vnni8": "llvm.x86.avx512.vpdpbusd.256",
+    "avx2": "llvm.x86.avx2.pmadd.wd",
+}
 
 
 def _isa() -> str | None:
@@ -37,10 +56,14 @@ def _isa() -> str | None:
     import tvm_ffi
 
     tgt = tvm.target.Target.current(allow_none=True)
-    if tgt is None or str(tgt.kind.name) != "llvm" or "x86_64" not in str(tgt.attrs.get("mtriple", "")):
+    if (
+        tgt is None
+        or str(tgt.kind.name) != "llvm"
+        or "x86_64" not in str(tgt.attrs.get("mtriple", ""))
+    ):
         return None
     has = tvm_ffi.get_global_func("target.llvm_cpu_has_feature")
-    if has("avx512vnni", tgt) and has("avx512bw", tgt):
+    if has("avx512vnni", tgt) and has("avx512bw", tgt) and has("avx512vl", tgt):
         return "vnni"
     if has("avx2", tgt):
         return "avx2"
@@ -53,9 +76,9 @@ class Int8Conv2d:
     name = "int8_conv2d"
 
     def match(self, func: tirx.PrimFunc) -> dict:
-        info = schedules.Conv2d().match(func)
+        info = _sched().Conv2d().match(func)
         sch = s_tir.Schedule(func)
-        conv = schedules._blocks(sch)[info["anchor"]]
+        conv = _sched()._blocks(sch)[info["anchor"]]
         data, weight = conv["reads"]
         if (str(data.dtype), str(weight.dtype), str(conv["writes"].dtype)) != (
             "uint8", "int8", "int32",
@@ -67,6 +90,8 @@ class Int8Conv2d:
         isa = _isa()
         if isa is None:
             raise Decline("no x86 AVX2/VNNI target")
+        if isa == "vnni" and info["f"] % 16:
+            isa = "vnni8"
         fb, cb = MICRO[isa]
         if channels % cb or info["f"] % fb:
             raise Decline(f"C={channels} not a multiple of {cb} or F={info['f']} of {fb}")
@@ -74,26 +99,27 @@ class Int8Conv2d:
         return info
 
     def space(self, info: dict, lanes: int) -> list[Knobs]:
-        xbs = sorted({min(info["w"], x) for x in (4, 7, 8, 14, 16) if info["w"] % x == 0})
-        return list(
-            {
-                schedules_key(k): k
-                for k in [self.default(info, lanes)] + [{"xb": xb} for xb in xbs]
-            }.values()
-        )
+        fb = MICRO[info["isa"]][0]
+        w = info["w"]
+        xbs = sorted({x for x in (4, 7, 8, 14, 16, w) if x <= min(w, 16) and w % x == 0})
+        fks = [k for k in (1, 2) if info["f"] % (k * fb) == 0]
+        out = [self.default(info, lanes)] + [
+            {"xb": xb, "fk": fk, **epi} for fk in fks for xb in xbs for epi in ({}, {"epi": "x"})
+        ]
+        return list({schedules_key(k): k for k in out}.values())
 
     def default(self, info: dict, lanes: int) -> Knobs:
         xb = next((x for x in range(16, 3, -1) if info["w"] % x == 0), 8)
-        return {"xb": min(xb, info["w"])}
+        return {"xb": min(xb, info["w"]), "fk": 1, "epi": "x"}
 
     def apply(self, func: tirx.PrimFunc, info: dict, knobs: Knobs) -> tirx.PrimFunc:
         if info["weight_param"] not in info.get("constants", ()):
             raise Decline("the weight is not a constant (cannot be packed)")
-        xb = knobs["xb"]
+        xb, fk = knobs["xb"], knobs.get("fk", 1)  # fk: micro-kernel channel blocks per tile
         FB, CB = MICRO[info["isa"]]  # noqa: N806
         func = func.with_attr("layout_free_buffers", [info["weight_param"]])
         sch = s_tir.Schedule(func)
-        blocks = schedules._blocks(sch)
+        blocks = _sched()._blocks(sch)
         conv = blocks[info["anchor"]]["block"]
         # input: padding and shifts inlined into one copy, channel groups of 4 innermost
         xcache = sch.cache_read(conv, 0, "global")
@@ -111,29 +137,37 @@ class Int8Conv2d:
         if info["anchor"] == len(blocks) - 1:
             out = sch.cache_write(conv, 0, "global")
         else:
-            out = schedules._inline_epilogue(sch, blocks, info["anchor"])["block"]
+            out = _sched()._inline_epilogue(sch, blocks, info["anchor"])["block"]
         sch.transform_layout(conv, ("write", 0),
                              lambda n, f, h, w: (n, f // FB, h, w, f % FB))  # fmt: skip
+        if info["f"] % (fk * FB):
+            raise Decline(f"F={info['f']} not a multiple of {fk * FB}")
         n, f, y, x = sch.get_loops(out)
-        fo, fi = sch.split(f, [None, FB])
+        fo, fi = sch.split(f, [None, fk * FB])
         xo, xi = sch.split(x, [None, xb])
         sch.reorder(n, fo, y, xo, xi, fi)
+        fvec = sch.split(fi, [fk, FB])[1] if fk > 1 else fi
+        if knobs.get("epi") == "x":  # epilogue vectorized along the row: contiguous stores
+            sch.reorder(fvec, xi)
+            fvec = xi
         sch.compute_at(conv, xo)
-        inner = schedules._loops_below(sch, conv, xo)
-        tiled = sum(e > 1 for e in (FB, xb))
-        cf, cx = schedules._tile_loops(sch, inner[:tiled], (FB, xb))
+        inner = _sched()._loops_below(sch, conv, xo)
+        tiled = sum(e > 1 for e in (fk * FB, xb))
+        cf, cx = _sched()._tile_loops(sch, inner[:tiled], (fk * FB, xb))
         reduction = inner[tiled:]
         if not reduction or int(sch.get(reduction[0]).extent) != info["cin"]:
             raise Decline("unexpected reduction loops")
         co, ci = sch.split(reduction[0], [None, CB])
-        sch.reorder(co, *reduction[1:], *(lp for lp in (cx,) if lp is not None), cf, ci)
-        sch.vectorize(fi)
-        schedules._parallel_outer(sch, [n, fo, y])
-        schedules._parallel_outer(sch, sch.get_loops(xcache)[:-1])
+        cfo, cfi = sch.split(cf, [fk, FB]) if fk > 1 else (None, cf)
+        sch.reorder(co, *reduction[1:], *(lp for lp in (cx, cfo) if lp is not None), cfi, ci)
+        sch.vectorize(fvec)
+        _sched()._parallel_outer(sch, [n, fo, y])
+        _sched()._parallel_outer(sch, sch.get_loops(xcache)[:-1])
         init = sch.decompose_reduction(conv, co)
-        update = sch.blockize(cf)
-        if cx is not None:
-            sch.unroll(cx)
+        update = sch.blockize(cfi)
+        for lp in (cx, cfo):
+            if lp is not None:
+                sch.unroll(lp)
         sch.vectorize(sch.get_loops(init)[-1])
         _replace_body(sch, update, info["isa"])
         return sch.mod["main"]
@@ -165,16 +199,15 @@ def _replace_body(sch: s_tir.Schedule, block, isa: str) -> None:
     x = tirx.BufferLoad(x_buf, _vector_index(_region(stmt, x_buf), CB))  # uint8 x CB
     w = tirx.BufferLoad(w_buf, _vector_index(_region(stmt, w_buf), FB * CB))  # int8 x FB*CB
     acc = tirx.BufferLoad(acc_buf, acc_idx)
-    if isa == "vnni":
-        # LLVM 22's signature: (<16 x i32> acc, <64 x i8> u8 data, <64 x i8> s8 data)
+    if isa.startswith("vnni"):
+        # LLVM 22's signature: (<16 x i32> acc, <64 x i8> u8 data, <64 x i8> s8 data) (ymm: 8, 32)
         a = tirx.reinterpret(f"int8x{FB * CB}", tirx.Broadcast(tirx.reinterpret("int32", x), FB))
-        b = w
-        value = tirx.call_llvm_pure_intrin(f"int32x{FB}", "llvm.x86.avx512.vpdpbusd.512", acc, a, b)
+        value = tirx.call_llvm_pure_intrin(f"int32x{FB}", INTRINSIC[isa], acc, a, w)
     else:  # avx2: u8 pairs and s8 weights widened to int16, vpmaddwd (exact, no saturation)
         pair = tirx.reinterpret("int32", tirx.Cast(f"int16x{CB}", x))
         a = tirx.reinterpret(f"int16x{FB * CB}", tirx.Broadcast(pair, FB))
         b = tirx.Cast(f"int16x{FB * CB}", w)
-        value = acc + tirx.call_llvm_pure_intrin(f"int32x{FB}", "llvm.x86.avx2.pmadd.wd", a, b)
+        value = acc + tirx.call_llvm_pure_intrin(f"int32x{FB}", INTRINSIC[isa], a, b)
     body = tirx.BufferStore(acc_buf, value, acc_idx)
     new = s_tir.SBlock(stmt.iter_vars, stmt.reads, stmt.writes, stmt.name_hint, body, stmt.init,
                        stmt.alloc_buffers, stmt.match_buffers, stmt.annotations)  # fmt: skip

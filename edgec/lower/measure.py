@@ -143,11 +143,10 @@ def versions() -> dict[str, str]:
     """edgec and TVM versions for the cache key. ``schedules`` is a hash of the template source,
     so timings recorded by other template code are not reused (stale while developing)."""
     from edgec import __version__
-    from edgec.lower import conv_algos, im2col, im2win, schedules, winograd
+    from edgec.lower import conv_algos, im2col, im2win, int8, schedules, winograd
 
-    source = b"".join(
-        Path(m.__file__).read_bytes() for m in (schedules, conv_algos, im2col, im2win, winograd)
-    )
+    modules = (schedules, int8, conv_algos, im2col, im2win, winograd)
+    source = b"".join(Path(m.__file__).read_bytes() for m in modules)
     return {
         "edgec": f"{__version__}+schedules.{hashlib.sha256(source).hexdigest()[:12]}",
         "tvm": _tvm().__version__,

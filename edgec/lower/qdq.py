@@ -7,6 +7,8 @@ fake quantization: ``dequantize -> float conv -> quantize``. ``lower_qdq`` rewri
 * conv2d / matmul (Gemm) with constant int8 weights (zero point 0, per-channel or per-tensor
   scale): the activation (uint8, or int8 moved to uint8 by +128) padded with its zero point,
   uint8 x int8 -> int32 accumulation, then ``acc - zx * sum(w) + bias`` with the bias in int32;
+* conv2d_transpose (ConvTranspose) as a plain int32 transposed convolution of ``x - zx``, and
+  matmul of two quantized activations (attention) as an int32 matmul of ``a - za``, ``b - zb``;
 * add, concat, max/avg pooling, global average pooling (mean), relu/clip, and layout ops
   (reshape, transpose, slice) on quantized tensors;
 * requantization by a dyadic multiplier, exactly: ``y = ((acc * M + 2**(n-1)) >> n) + zp``
@@ -19,6 +21,7 @@ left between an input ``quantize`` and an output ``dequantize``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import numpy as np
@@ -28,6 +31,7 @@ from edgec.lower import _tvm
 
 QRANGE = {"uint8": (0, 255), "int8": (-128, 127)}
 MAX_SHIFT = 62
+CHANNEL_GROUP = 4  # dense convs get their input channels padded to a multiple of this
 
 
 # --------------------------------------------------------------------------------------------
@@ -54,7 +58,9 @@ def requantize_ref(terms: list[tuple[np.ndarray, np.ndarray]], zp, dtype: str, l
     total = sum(np.asarray(x, np.int64) * m for (x, _), m in zip(terms, ms, strict=True))
     y = ((total + (np.int64(1) << (n - 1))) >> n) + np.int64(zp)
     qmin, qmax = QRANGE[dtype]
-    return np.clip(y, max(qmin, lo if lo is not None else qmin), min(qmax, hi if hi is not None else qmax)).astype(dtype)
+    return np.clip(
+        y, max(qmin, lo if lo is not None else qmin), min(qmax, hi if hi is not None else qmax)
+    ).astype(dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -131,9 +137,37 @@ def _op_names(func) -> list[str]:
     return names
 
 
-def lower_qdq(mod) -> Result:
+@contextlib.contextmanager
+def onnx_node_names():
+    """While importing with TVM's ONNX frontend, collect {Relax var or call: ONNX node name}
+    for the outputs of every node (to name the float ops in the report)."""
+    _tvm()
+    from tvm import relax
+    from tvm.relax.frontend.onnx import onnx_frontend
+
+    names: dict = {}
+    cls = onnx_frontend.ONNXGraphImporter
+    original = cls._construct_nodes
+
+    def construct(self, graph):
+        original(self, graph)
+        for node in graph.node:
+            for out in node.output:
+                expr = self._nodes.get(out)  # a bound var, or a call emitted later as is
+                if isinstance(expr, relax.Var | relax.Call):
+                    names[expr] = node.name or f"<{node.op_type}>"
+
+    cls._construct_nodes = construct
+    try:
+        yield names
+    finally:
+        cls._construct_nodes = original
+
+
+def lower_qdq(mod, names: dict | None = None) -> Result:
     """Rewrite ``mod['main']`` (straight from the ONNX importer: weights still constant
-    ``dequantize`` calls, nothing folded) into integer ops wherever they have an integer form."""
+    ``dequantize`` calls, nothing folded) into integer ops wherever they have an integer form.
+    ``names`` ({original var: ONNX node}, from ``onnx_node_names``) names the float ops."""
     if not has_qdq(mod):
         return Result(mod, False, [], [], [])
     tvm = _tvm()
@@ -144,31 +178,40 @@ def lower_qdq(mod) -> Result:
     mod = tvm.IRModule({**{gv: f for gv, f in mod.functions.items() if gv.name_hint != "main"}})
     mod["main"] = func
     mod = relax.transform.DeadCodeElimination()(mod)
-    return Result(mod, True, rw.lowered, rw.declined, float_ops(mod["main"]))
+    # a binding belongs to the node of the first named var at or after it (a node's bindings
+    # are emitted together, its output last)
+    node_of, carry = {}, None
+    for b in reversed([b for block in rw.func.body.blocks for b in block.bindings]):
+        carry = (names or {}).get(b.var) or (names or {}).get(b.value) or carry
+        node_of[b.var] = carry
+    nodes = {new: node_of.get(old) for new, old in rw.origin.items()}
+    return Result(mod, True, rw.lowered, rw.declined, float_ops(mod["main"], nodes))
 
 
-def lower(mod, integer_only: bool = False, quant: dict | None = None):
+def lower(mod, integer_only: bool = False, quant: dict | None = None, names: dict | None = None):
     """``lower.build``'s hook: the rewritten module; ``quant`` receives ``Result.section()``
     (when the model holds QDQ); FloatOpsError with ``integer_only`` if float ops remain."""
-    result = lower_qdq(mod)
+    result = lower_qdq(mod, names)
     if quant is not None and result.qdq:
         quant.update(result.section())
     if integer_only:
         if not result.qdq:
             raise FloatOpsError("--integer-only: the model has no quantize/dequantize ops", [])
         if result.float_ops:
-            lines = [f"  {o['op']} -> {o['var']} {o['dtype']}{o['shape']}" for o in result.float_ops]
+            lines = [f"  {o['op']} (node {o['node']}) -> {o['var']} {o['dtype']}{o['shape']}"
+                     for o in result.float_ops]  # fmt: skip
             why = [f"  {d['var']}: {d['reason']}" for d in result.declined]
             raise FloatOpsError(
                 f"--integer-only: {len(result.float_ops)} float op(s) remain between the input "
-                "quantize and the output dequantize:\n" + "\n".join(lines)
+                "quantize and the output dequantize:\n"
+                + "\n".join(lines)
                 + ("\nquantized ops left float:\n" + "\n".join(why) if why else ""),
                 result.float_ops,
             )
     return result.mod
 
 
-def float_ops(func) -> list[dict]:
+def float_ops(func, nodes: dict | None = None) -> list[dict]:
     """Float ops (a float tensor in or out) that have an integer tensor upstream and an integer
     tensor downstream (or produce one): what stays float between input quantize and output
     dequantize. Each: op name, Relax variable, output shape and dtype."""
@@ -204,6 +247,7 @@ def float_ops(func) -> list[dict]:
             out.append(
                 {
                     "op": str(b.value.op.name).removeprefix("relax."),
+                    "node": (nodes or {}).get(b.var),
                     "var": b.var.name,
                     "shape": [int(d) for d in sinfo.shape] if hasattr(sinfo, "shape") else None,
                     "dtype": str(getattr(sinfo, "dtype", "")),
@@ -225,6 +269,7 @@ def _is_float(expr) -> bool:
     return _dtype(expr).startswith(("float", "bfloat"))
 
 
+_ANCHORS = ("relax.nn.conv2d", "relax.matmul", "relax.nn.conv2d_transpose")
 _LAYOUT_OPS = (
     "relax.reshape", "relax.permute_dims", "relax.strided_slice", "relax.squeeze",
     "relax.expand_dims", "relax.flatten",
@@ -240,6 +285,7 @@ class _Rewriter:
         self.func = func
         self.orig: dict = {}  # original var -> its original value
         self.map: dict = {}  # original var -> new expr
+        self.origin: dict = {}  # new var -> the original var it was re-emitted for
         self.lowered: list[str] = []
         self.declined: list[dict] = []
         self.bb = relax.BlockBuilder()
@@ -257,6 +303,7 @@ class _Rewriter:
                             new = self._binding(b)
                             output = not isinstance(b.var, relax.DataflowVar)
                             self.map[b.var] = bb.emit_output(new) if output else new
+                            self.origin[self.map[b.var]] = b.var
                 else:
                     for b in block.bindings:
                         self.map[b.var] = self._binding(b)
@@ -272,10 +319,16 @@ class _Rewriter:
             except Decline as e:
                 if not isinstance(self._value(b.value.args[0]), self.relax.Var):  # input: boundary
                     self.declined.append({"var": b.var.name, "reason": str(e)})
+            except Exception as e:  # a rule's bug costs the integer form, never the build
+                reason = f"internal error {type(e).__name__}: {str(e)[-200:]}"
+                self.declined.append({"var": b.var.name, "reason": reason})
         if new is None:
             value = self._sub(b.value)
-            local = isinstance(b.var, self.relax.DataflowVar) or not self.bb.current_block_is_dataflow()
+            local = (
+                isinstance(b.var, self.relax.DataflowVar) or not self.bb.current_block_is_dataflow()
+            )
             new = self.bb.emit(value) if local else value
+            self.origin[new] = b.var
         return new
 
     def _sub(self, expr):
@@ -309,7 +362,6 @@ class _Rewriter:
 
     def _const(self, expr) -> np.ndarray | None:
         """A constant (folded through dequantize/reshape/permute_dims) as numpy, else None."""
-        relax = self.relax
         expr = self._value(expr)
         if isinstance(expr, self.tvm.ir.expr.Constant):
             return expr.value.numpy()
@@ -317,6 +369,12 @@ class _Rewriter:
         if op == "relax.dequantize":
             q = self._qconst(expr)
             return None if q is None else _dequant(q)
+        if op == "relax.isnan":
+            inner = self._const(expr.args[0])
+            return None if inner is None else np.isnan(inner)
+        if op == "relax.where":
+            parts = [self._const(a) for a in expr.args]
+            return None if any(p is None for p in parts) else np.where(*parts)
         if op in ("relax.reshape", "relax.permute_dims"):
             inner = self._const(expr.args[0])
             if inner is None:
@@ -402,22 +460,29 @@ class _Rewriter:
             raise Decline(f"output type {out.dtype}")
         y = self._value(q.args[0])
         lo = hi = None
+        bounds = self._activations(y)  # relu / clip / max / min with constant bounds
+        if bounds is not None:
+            act = "nn.relu" if self._op(y) == "relax.nn.relu" else "clip"
+            y, real_lo, real_hi = bounds
+            if self._op(y) == "relax.dequantize":
+                self.lowered.append(act)
+                return self._clamp(self._qin(y), out, real_lo, real_hi)
+            if self._op(y) not in ("relax.add", *_ANCHORS):
+                raise Decline(f"an activation after {self._op(y)}")
+            # Q is monotone: Q(clip(v, a, b)) = clip(Q(v), Q(a), Q(b)), a clamp of the requant
+            lo = None if real_lo == -np.inf else self._q(real_lo, out)
+            hi = None if real_hi == np.inf else self._q(real_hi, out)
         op = self._op(y)
-        if op in ("relax.nn.relu", "relax.clip"):  # an activation fused into the requantization
-            inner = self._value(y.args[0])
-            if self._op(inner) in ("relax.add", "relax.nn.conv2d", "relax.matmul"):
-                lo, hi = self._act_range(y, out)
-                y, op = inner, self._op(inner)
         rules = {
             "relax.add": self._add, "relax.nn.conv2d": self._conv, "relax.matmul": self._matmul,
+            "relax.nn.conv2d_transpose": self._conv_transpose,
             "relax.concat": self._concat, "relax.nn.max_pool2d": self._max_pool,
             "relax.nn.avg_pool2d": self._avg_pool, "relax.mean": self._mean,
-            "relax.nn.relu": self._clamp, "relax.clip": self._clamp,
         }  # fmt: skip
         kind = op
         if op == "relax.add":
             anchors = [self._op(self._value(a)) for a in y.args]
-            kind = next((a for a in anchors if a in ("relax.nn.conv2d", "relax.matmul")), op)
+            kind = next((a for a in anchors if a in _ANCHORS), op)
         if op in _LAYOUT_OPS:
             result = self._layout(y, out)
         elif op in rules:
@@ -429,16 +494,37 @@ class _Rewriter:
         self.lowered.append(kind.removeprefix("relax."))
         return result
 
-    def _act_range(self, act, out: QTensor) -> tuple[int, int | None]:
-        """Q(relu(v)) = max(Q(v), Q(0)) and Q(clip(v, a, b)) = clip(Q(v), Q(a), Q(b)): Q is
-        monotone, so the activation becomes the requantization's clamp."""
-        def q(v: float) -> int:
-            return int(np.round(v / out.scale_scalar)) + out.zp_scalar
+    @staticmethod
+    def _q(value: float, out: QTensor) -> int:
+        return int(np.round(value / out.scale_scalar)) + out.zp_scalar
 
-        if self._op(act) == "relax.nn.relu":
-            return q(0.0), None
-        lo, hi = (float(a.value) for a in act.args[1:3])
-        return q(lo), q(hi)
+    def _activations(self, y) -> tuple[object, float, float] | None:
+        """Peel relu, clip and elementwise max/min with a constant scalar bound (how the
+        importer writes Clip with tensor bounds) off ``y``: (inner value, real lo, real hi)."""
+        lo, hi, peeled = -np.inf, np.inf, False
+        while True:
+            op = self._op(y)
+            if op == "relax.nn.relu":
+                lo, y = max(lo, 0.0), self._value(y.args[0])
+            elif op == "relax.clip":
+                a, b = (float(v.value) for v in y.args[1:3])
+                lo, hi, y = max(lo, a), min(hi, b), self._value(y.args[0])
+            elif op == "relax.call_tir" and y.args[0].name_hint.rstrip("0123456789") in (
+                "maximum", "minimum",
+            ):  # fmt: skip
+                args = list(y.args[1].fields) if isinstance(y.args[1], self.relax.Tuple) else []
+                bound = self._const(args[1]) if len(args) == 2 else None
+                if bound is None or bound.size != 1:
+                    break
+                if y.args[0].name_hint.startswith("maximum"):
+                    lo = max(lo, float(bound.reshape(-1)[0]))
+                else:
+                    hi = min(hi, float(bound.reshape(-1)[0]))
+                y = self._value(args[0])
+            else:
+                break
+            peeled = True
+        return (y, lo, hi) if peeled else None
 
     def _identity(self, x: QTensor, out: QTensor, data=None):
         """Re-quantize ``x`` (or ``data`` with x's parameters) to ``out``'s parameters."""
@@ -459,16 +545,17 @@ class _Rewriter:
                                            y.ty_args))  # fmt: skip
         return self._identity(x, out, moved)
 
-    def _clamp(self, y, out: QTensor, lo, hi):
-        x = self._qin(y.args[0])
+    def _clamp(self, x: QTensor, out: QTensor, real_lo: float, real_hi: float):
+        """Q(clip(DQ(x), lo, hi)): x clamped to the codes whose real value is in [lo, hi]."""
         qmin, qmax = QRANGE[x.dtype]
-        if self._op(y) == "relax.nn.relu":
-            a, b = x.zp_scalar, qmax
-        else:
-            lo_r, hi_r = (float(v.value) for v in y.args[1:3])
-            a = max(qmin, int(np.ceil(lo_r / x.scale_scalar + x.zp_scalar)))
-            b = min(qmax, int(np.floor(hi_r / x.scale_scalar + x.zp_scalar)))
-        clamped = self._emit(self.R.clip(x.data, self.relax.prim_value(a), self.relax.prim_value(b)))
+        a, b = qmin, qmax
+        if real_lo > -np.inf:
+            a = max(qmin, int(np.ceil(real_lo / x.scale_scalar + x.zp_scalar)))
+        if real_hi < np.inf:
+            b = min(qmax, int(np.floor(real_hi / x.scale_scalar + x.zp_scalar)))
+        clamped = self._emit(
+            self.R.clip(x.data, self.relax.prim_value(a), self.relax.prim_value(b))
+        )
         return self._identity(x, out, clamped)
 
     def _centered(self, x: QTensor):
@@ -477,15 +564,16 @@ class _Rewriter:
                                      self._c(x.zp_scalar, "int32")))  # fmt: skip
 
     def _add(self, y, out: QTensor, lo=None, hi=None):
-        a, b = self._value(y.args[0]), self._value(y.args[1])
-        if self._op(a) in ("relax.nn.conv2d", "relax.matmul"):
-            return (self._conv if self._op(a) == "relax.nn.conv2d" else self._matmul)(
-                a, out, lo, hi, bias=y.args[1]
-            )
-        if self._op(b) in ("relax.nn.conv2d", "relax.matmul"):
-            return (self._conv if self._op(b) == "relax.nn.conv2d" else self._matmul)(
-                b, out, lo, hi, bias=y.args[0]
-            )
+        anchors = {"relax.nn.conv2d": self._conv, "relax.matmul": self._matmul,
+                   "relax.nn.conv2d_transpose": self._conv_transpose}  # fmt: skip
+        for i in (0, 1):
+            anchor = self._value(y.args[i])
+            if self._op(anchor) in anchors:
+                try:  # conv/matmul + bias
+                    return anchors[self._op(anchor)](anchor, out, lo, hi, bias=y.args[1 - i])
+                except Decline:
+                    if self._const(y.args[1 - i]) is not None:
+                        raise
         qa, qb = self._qin(y.args[0]), self._qin(y.args[1])
         terms = [
             (self._centered(qa), qa.scale_scalar / out.scale_scalar),
@@ -544,9 +632,9 @@ class _Rewriter:
         return self._requant([(centered, x.scale_scalar / (out.scale_scalar * count))],
                              out.zp_scalar, out.dtype, lo, hi)  # fmt: skip
 
-    def _pad(self, data, padding: list[int], value: int):
+    def _pad(self, data, padding: list[int], value: int, channels: int = 0):
         top, left, bottom, right = padding
-        return self._emit(self.R.nn.pad(data, [0, 0, 0, 0, top, bottom, left, right],
+        return self._emit(self.R.nn.pad(data, [0, 0, 0, channels, top, bottom, left, right],
                                         pad_value=float(value)))  # fmt: skip
 
     def _weight(self, expr) -> QTensor:
@@ -583,10 +671,14 @@ class _Rewriter:
         bias_int = self._bias(bias, channels, acc_scale)
         data, zx = self._as_u8(x)
         padding = [int(p) for p in a.padding]
-        if any(padding):
-            data = self._pad(data, padding, zx)
+        wq = w.data
+        extra = -wq.shape[1] % CHANNEL_GROUP if int(a.groups) == 1 else 0
+        if extra:  # zero weights on zero-point channels: the dot-product kernels take C % 4 == 0
+            wq = np.pad(wq, [(0, 0), (0, extra), (0, 0), (0, 0)])
+        if any(padding) or extra:
+            data = self._pad(data, padding, zx, extra)
         acc = self._emit(self.R.nn.conv2d(
-            data, self.relax.const(w.data), strides=[int(s) for s in a.strides],
+            data, self.relax.const(wq), strides=[int(s) for s in a.strides],
             dilation=[int(d) for d in a.dilation], groups=int(a.groups), out_dtype="int32",
         ))  # fmt: skip
         wsum = w.data.astype(np.int64).reshape(channels, -1).sum(axis=1)
@@ -597,7 +689,50 @@ class _Rewriter:
         real = (acc_scale / out.scale_scalar).reshape(1, -1, 1, 1)
         return self._requant([(acc, real)], out.zp_scalar, out.dtype, lo, hi)
 
+    def _conv_transpose(self, conv, out: QTensor, lo=None, hi=None, bias=None):
+        """Exact but plain: int32 transposed convolution of ``x - zx`` (the zero point cannot
+        be folded into a bias: the number of taps per output varies)."""
+        a = conv.attrs
+        if str(a.data_layout) != "NCHW" or str(a.kernel_layout) != "IOHW" or int(a.groups) != 1:
+            raise Decline("conv2d_transpose: only NCHW/IOHW, groups = 1")
+        x, w = self._qin(conv.args[0]), self._weight(conv.args[1])
+        channels = w.data.shape[1]
+        if w.scale.size > 1 and w.axis % 4 != 1:
+            raise Decline("conv2d_transpose weight not quantized per output channel (axis 1)")
+        w_scale = np.broadcast_to(w.scale.reshape(-1), (channels,))
+        acc_scale = x.scale_scalar * w_scale
+        bias_int = self._bias(bias, channels, acc_scale)
+        acc = self._emit(self.R.nn.conv2d_transpose(
+            self._centered(x), self.relax.const(w.data.astype(np.int32)),
+            strides=[int(v) for v in a.strides], padding=[int(v) for v in a.padding],
+            output_padding=[int(v) for v in a.output_padding],
+            dilation=[int(v) for v in a.dilation], out_dtype="int32",
+        ))  # fmt: skip
+        acc = self._emit(self.R.add(acc, self._c(bias_int.reshape(1, -1, 1, 1), "int32")))
+        real = (acc_scale / out.scale_scalar).reshape(1, -1, 1, 1)
+        return self._requant([(acc, real)], out.zp_scalar, out.dtype, lo, hi)
+
+    def _matmul_act(self, mm, out: QTensor, lo=None, hi=None, bias=None):
+        """Two quantized activations (attention): an int32 matmul of ``a - za`` and ``b - zb``."""
+        qa, bexpr = self._qin(mm.args[0]), self._value(mm.args[1])
+        if self._op(bexpr) == "relax.permute_dims":
+            qb = self._qin(bexpr.args[0])
+            b = self._emit(self.relax.Call(bexpr.op, [self._centered(qb)], bexpr.attrs))
+        else:
+            qb = self._qin(mm.args[1])
+            b = self._centered(qb)
+        acc = self._emit(self.R.matmul(self._centered(qa), b, out_dtype="int32"))
+        scale = qa.scale_scalar * qb.scale_scalar
+        n = int(mm.ty.shape[-1])
+        if bias is not None:
+            acc = self._emit(
+                self.R.add(acc, self._c(self._bias(bias, n, np.full(n, scale)), "int32"))
+            )
+        return self._requant([(acc, scale / out.scale_scalar)], out.zp_scalar, out.dtype, lo, hi)
+
     def _matmul(self, mm, out: QTensor, lo=None, hi=None, bias=None):
+        if self._const(mm.args[1]) is None:
+            return self._matmul_act(mm, out, lo, hi, bias)
         x = self._qin(mm.args[0])
         wexpr = self._value(mm.args[1])
         if self._op(wexpr) == "relax.permute_dims":

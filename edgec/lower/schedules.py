@@ -27,6 +27,8 @@ from collections.abc import Callable, Sequence
 
 from tvm import s_tir, tirx
 
+from edgec.lower import int8
+
 Knobs = dict
 
 
@@ -406,7 +408,7 @@ def _templates() -> tuple:
     # int8 templates first: they decline anything not u8 x s8. Then the convolution algorithms
     # other than direct (edgec.lower.conv_algos), matched by block name: Conv2d would also match
     # an im2win/im2col reduction.
-    from edgec.lower import im2col, im2win, int8, winograd
+    from edgec.lower import im2col, im2win, winograd
 
     return (*int8.TEMPLATES, im2win.TEMPLATE, im2col.TEMPLATE, winograd.TEMPLATE, Conv2d(),
             Matmul(), Generic())  # fmt: skip

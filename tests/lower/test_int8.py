@@ -45,10 +45,14 @@ def _model(nodes, inputs, outputs, inits) -> onnx.ModelProto:
     return model
 
 
-def run_int(model: onnx.ModelProto, feeds: list[np.ndarray], tmp_path: Path, target="x86_64"):
-    """Compile with integer_only (so nothing float is left), run; returns (output, quant, records)."""
+def run_int(
+    model: onnx.ModelProto, feeds: list[np.ndarray], tmp_path: Path, target="x86_64", choose=None
+):
+    """Compile with integer_only (nothing float left) and run: (output, quant, records)."""
     quant: dict = {}
-    ex, records = lower.build(model, _target(target), THREADS, integer_only=True, quant=quant)
+    ex, records = lower.build(
+        model, _target(target), THREADS, integer_only=True, quant=quant, choose=choose
+    )
     path = tmp_path / "model.so"
     lower.export(ex, path, _target(target))
     return lower.Runtime(path, THREADS).run(feeds)[0], quant, records
@@ -95,6 +99,7 @@ CONVS = [  # c, f, k, stride, pad, groups, hw
     (32, 32, 3, 2, 1, 32, 10),
     (3, 16, 3, 2, 1, 1, 12),  # stem-like: 3 input channels
     (64, 16, 3, 1, 0, 1, 6),
+    (16, 24, 1, 1, 0, 1, 8),  # F = 24: the 8-channel micro-kernel
 ]
 
 
@@ -109,7 +114,7 @@ def _int8_template() -> str:
 
 @pytest.mark.parametrize("act", ["uint8", "int8"])
 @pytest.mark.parametrize("case", CONVS, ids=lambda c: "c{}f{}k{}s{}p{}g{}".format(*c[:6]))
-def test_conv_bit_exact(case, act, tmp_path, target="x86_64"):
+def test_conv_bit_exact(case, act, tmp_path, target="x86_64", choose=None):
     c, f, k, stride, pad, groups, hw = case
     rng = _rng("conv", case, act)
     x = _act(rng, (1, c, hw, hw), act)
@@ -126,8 +131,9 @@ def test_conv_bit_exact(case, act, tmp_path, target="x86_64"):
         helper.make_node("DequantizeLinear", ["x", "sx", "zx"], ["xf"]),
         helper.make_node("DequantizeLinear", ["w", "sw", "zw"], ["wf"], axis=0),
         helper.make_node("DequantizeLinear", ["b", "bs", "bz"], ["bf"], axis=0),
-        helper.make_node("Conv", ["xf", "wf", "bf"], ["yf"], pads=[pad] * 4,
-                         strides=[stride] * 2, group=groups),  # fmt: skip
+        helper.make_node(
+            "Conv", ["xf", "wf", "bf"], ["yf"], pads=[pad] * 4, strides=[stride] * 2, group=groups
+        ),  # fmt: skip
         helper.make_node("QuantizeLinear", ["yf", "so", "zo"], ["y"]),
     ]
     oshape = list(acc.shape)
@@ -141,15 +147,15 @@ def test_conv_bit_exact(case, act, tmp_path, target="x86_64"):
             "so": np.array(so, np.float32), "zo": np.array(zo, act),
         },
     )  # fmt: skip
-    got, quant, records = run_int(model, [x], tmp_path, target)
+    got, quant, records = run_int(model, [x], tmp_path, target, choose)
     # the same arithmetic in numpy: real multiplier sx * sw / so per output channel
-    mult = (np.float64(np.float32(sx)) * sw.astype(np.float64) / np.float64(np.float32(so)))
+    mult = np.float64(np.float32(sx)) * sw.astype(np.float64) / np.float64(np.float32(so))
     want = qdq.requantize_ref([(acc, mult.reshape(1, -1, 1, 1))], zo, act)
     assert got.dtype == np.dtype(act)
     np.testing.assert_array_equal(got, want)
     assert quant["integer_op_kinds"] == {"nn.conv2d": 1} and quant["float_ops"] == []
     conv = [r for r in records if "conv2d" in r["kernel"]]
-    dense = groups == 1 and c % 4 == 0 and f % 16 == 0
+    dense = groups == 1 and f % 8 == 0  # input channels are padded to a multiple of 4
     assert conv[0]["template"] == (_int8_template() if dense else "conv2d"), conv
     # not trivially saturated: the test exercises the requantization
     assert len(np.unique(got)) > 20
@@ -161,6 +167,29 @@ def test_conv_avx2_bit_exact(case, act, tmp_path, monkeypatch):
     """The x86_64-avx2 target: the vpmaddwd micro-kernel (this CPU runs AVX2 code)."""
     monkeypatch.setattr(__name__ + "._int8_template", lambda: "int8_conv2d")
     test_conv_bit_exact(case, act, tmp_path, target="x86_64-avx2")
+
+
+def test_conv_every_candidate_bit_exact(tmp_path):
+    """Every knob set of int8_conv2d's search space (tile width, 1 or 2 channel blocks)."""
+    from edgec.lower import int8
+
+    with __import__("tvm").target.Target(lower.target_json(_target(), 1)):
+        if int8._isa() is None:
+            pytest.skip("no x86 dot-product instructions here")
+    spaces: list = []
+
+    def first(name, info, space, default):
+        if "fk" in default:  # int8_conv2d's knobs
+            spaces.append(space)
+        return default
+
+    test_conv_bit_exact(CONVS[1], "uint8", tmp_path, choose=first)
+    space = spaces[0]
+    assert len(space) >= 2 and {k["fk"] for k in space} == {1, 2}
+    for i, knobs in enumerate(space[1:]):
+        (tmp_path / str(i)).mkdir()
+        pick = lambda n, info, sp, d, k=knobs: k if "fk" in d else d  # noqa: E731
+        test_conv_bit_exact(CONVS[1], "uint8", tmp_path / str(i), choose=pick)
 
 
 MATMULS = [(1, 64, 10, "gemm"), (7, 96, 48, "gemm"), (16, 32, 64, "matmul"), (5, 30, 17, "matmul")]
@@ -210,6 +239,132 @@ def test_matmul_bit_exact(case, act, tmp_path):
     mult = np.float64(np.float32(sx)) * sw.astype(np.float64) / np.float64(np.float32(so))
     np.testing.assert_array_equal(got, qdq.requantize_ref([(acc, mult)], zo, act))
     assert quant["integer_op_kinds"] == {"matmul": 1} and quant["float_ops"] == []
+
+
+@pytest.mark.parametrize("act", ["uint8", "int8"])
+def test_conv_transpose_bit_exact(act, tmp_path):
+    """ConvTranspose 3x3 stride 2, pads 1, output_padding 1: integer, plain int32 kernel."""
+    rng = _rng("convT", act)
+    c, f, hw, k, s, p = 8, 6, 5, 3, 2, 1
+    x = _act(rng, (1, c, hw, hw), act)
+    zx, sx = (int(rng.integers(100, 150)) if act == "uint8" else 3), 0.03
+    w = rng.integers(-127, 128, (c, f, k, k)).astype(np.int8)
+    sw = rng.uniform(0.002, 0.02, f).astype(np.float32)
+    b = rng.integers(-2000, 2000, f).astype(np.int32)
+    full = np.zeros((1, f, (hw - 1) * s + k + 1, (hw - 1) * s + k + 1), np.int64)
+    xc = x.astype(np.int64) - zx
+    for u in range(k):
+        for v in range(k):
+            contrib = np.einsum("nchw,cf->nfhw", xc, w[:, :, u, v].astype(np.int64))
+            full[:, :, u : u + s * hw : s, v : v + s * hw : s] += contrib
+    out_hw = (hw - 1) * s - 2 * p + k + 1
+    acc = full[:, :, p : p + out_hw, p : p + out_hw] + b.reshape(1, -1, 1, 1)
+    so, zo = _out_params(acc * (sx * sw.astype(np.float64)).reshape(1, -1, 1, 1), act)
+    nodes = [
+        helper.make_node("DequantizeLinear", ["x", "sx", "zx"], ["xf"]),
+        helper.make_node("DequantizeLinear", ["w", "sw", "zw"], ["wf"], axis=1),
+        helper.make_node("DequantizeLinear", ["b", "bs", "bz"], ["bf"], axis=0),
+        helper.make_node(
+            "ConvTranspose",
+            ["xf", "wf", "bf"],
+            ["yf"],
+            strides=[s, s],
+            pads=[p] * 4,
+            output_padding=[1, 1],
+        ),  # fmt: skip
+        helper.make_node("QuantizeLinear", ["yf", "so", "zo"], ["y"]),
+    ]
+    model = _model(
+        nodes,
+        [helper.make_tensor_value_info("x", NP2ONNX[act], list(x.shape))],
+        [helper.make_tensor_value_info("y", NP2ONNX[act], list(acc.shape))],
+        {
+            "sx": np.array(sx, np.float32), "zx": np.array(zx, act), "w": w, "sw": sw,
+            "zw": np.zeros(f, np.int8), "b": b, "bs": (np.float32(sx) * sw).astype(np.float32),
+            "bz": np.zeros(f, np.int32), "so": np.array(so, np.float32), "zo": np.array(zo, act),
+        },
+    )  # fmt: skip
+    got, quant, _ = run_int(model, [x], tmp_path)
+    mult = np.float64(np.float32(sx)) * sw.astype(np.float64) / np.float64(np.float32(so))
+    np.testing.assert_array_equal(
+        got, qdq.requantize_ref([(acc, mult.reshape(1, -1, 1, 1))], zo, act)
+    )
+    assert quant["integer_op_kinds"] == {"nn.conv2d_transpose": 1} and quant["float_ops"] == []
+
+
+def test_matmul_activations_bit_exact(tmp_path):
+    """Attention-style MatMul of two quantized activations (one transposed), batched."""
+    rng = _rng("mmact")
+    a, b = _act(rng, (2, 6, 16), "uint8"), _act(rng, (2, 9, 16), "int8")
+    p = {"sa": 0.02, "za": 131, "sb": 0.05, "zb": -3}
+    acc = np.einsum("bik,bjk->bij", a.astype(np.int64) - p["za"], b.astype(np.int64) - p["zb"])
+    so, zo = _out_params(acc * p["sa"] * p["sb"], "uint8")
+    nodes = [
+        helper.make_node("DequantizeLinear", ["a", "sa", "za"], ["af"]),
+        helper.make_node("DequantizeLinear", ["b", "sb", "zb"], ["bf"]),
+        helper.make_node("Transpose", ["bf"], ["bt"], perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["af", "bt"], ["yf"]),
+        helper.make_node("QuantizeLinear", ["yf", "so", "zo"], ["y"]),
+    ]
+    inits = {
+        "sa": np.array(p["sa"], np.float32), "za": np.array(p["za"], np.uint8),
+        "sb": np.array(p["sb"], np.float32), "zb": np.array(p["zb"], np.int8),
+        "so": np.array(so, np.float32), "zo": np.array(zo, np.uint8),
+    }  # fmt: skip
+    model = _model(
+        nodes,
+        [helper.make_tensor_value_info("a", TensorProto.UINT8, [2, 6, 16]),
+         helper.make_tensor_value_info("b", TensorProto.INT8, [2, 9, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.UINT8, [2, 6, 9])],
+        inits,
+    )  # fmt: skip
+    got, quant, _ = run_int(model, [a, b], tmp_path)
+    f32 = {k: np.float64(np.float32(v)) for k, v in p.items() if k[0] == "s"}
+    mult = f32["sa"] * f32["sb"] / np.float64(np.float32(so))
+    np.testing.assert_array_equal(got, qdq.requantize_ref([(acc, mult)], zo, "uint8"))
+    assert quant["float_ops"] == [] and quant["integer_op_kinds"] == {"matmul": 1}
+
+
+def test_conv_clip_tensor_bounds_bit_exact(tmp_path):
+    """Conv + Clip(min, max as tensors: the importer's maximum/minimum) + a standalone Clip on
+    a quantized tensor: the first becomes the requantization's clamp, the second a clamp of
+    the codes."""
+    rng = _rng("clip")
+    x = _act(rng, (1, 8, 8, 8), "uint8")
+    w = rng.integers(-100, 100, (16, 8, 3, 3)).astype(np.int8)
+    inits = {
+        "sx": np.array(0.02, np.float32), "zx": np.array(128, np.uint8), "w": w,
+        "sw": np.full(16, 0.01, np.float32), "zw": np.zeros(16, np.int8),
+        "lo": np.array(0, np.float32), "hi": np.array(6, np.float32),
+        "so": np.array(0.03, np.float32), "zo": np.array(0, np.uint8),
+        "lo2": np.array(1.0, np.float32), "hi2": np.array(4.5, np.float32),
+        "s2": np.array(0.02, np.float32), "z2": np.array(10, np.uint8),
+    }  # fmt: skip
+    nodes = [
+        helper.make_node("DequantizeLinear", ["x", "sx", "zx"], ["xf"]),
+        helper.make_node("DequantizeLinear", ["w", "sw", "zw"], ["wf"], axis=0),
+        helper.make_node("Conv", ["xf", "wf"], ["c"], pads=[1] * 4),
+        helper.make_node("Clip", ["c", "lo", "hi"], ["r"]),
+        helper.make_node("QuantizeLinear", ["r", "so", "zo"], ["rq"]),
+        helper.make_node("DequantizeLinear", ["rq", "so", "zo"], ["rd"]),
+        helper.make_node("Clip", ["rd", "lo2", "hi2"], ["r2"]),
+        helper.make_node("QuantizeLinear", ["r2", "s2", "z2"], ["y"]),
+    ]
+    model = _model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, 8, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.UINT8, [1, 16, 8, 8])],
+        inits,
+    )
+    got, quant, _ = run_int(model, [x], tmp_path)
+    f32 = {k: np.float64(v) for k, v in inits.items() if k[0] == "s"}
+    acc = _conv_ref(x, 128, w, 1, 1, 1)
+    mult = f32["sx"] * f32["sw"][0] / f32["so"]
+    r = qdq.requantize_ref([(acc, mult)], 0, "uint8", lo=0, hi=int(np.round(6 / f32["so"])))
+    codes = np.clip(r, int(np.ceil(1.0 / f32["so"])), int(np.floor(4.5 / f32["so"])))
+    want = qdq.requantize_ref([(codes.astype(np.int64), f32["so"] / f32["s2"])], 10, "uint8")
+    np.testing.assert_array_equal(got, want)
+    assert quant["integer_op_kinds"] == {"nn.conv2d": 1, "clip": 1}
 
 
 def test_add_pool_concat_bit_exact(tmp_path):
@@ -288,9 +443,9 @@ def test_integer_only_rejects_float_ops(tmp_path):
     """A Softmax between quantize and dequantize has no integer form: integer_only fails and
     names it; without the flag the report lists it."""
     nodes = [
-        helper.make_node("DequantizeLinear", ["x", "s", "z"], ["xf"]),
-        helper.make_node("Softmax", ["xf"], ["yf"]),
-        helper.make_node("QuantizeLinear", ["yf", "s", "z"], ["y"]),
+        helper.make_node("DequantizeLinear", ["x", "s", "z"], ["xf"], name="dq"),
+        helper.make_node("Softmax", ["xf"], ["yf"], name="sm"),
+        helper.make_node("QuantizeLinear", ["yf", "s", "z"], ["y"], name="q"),
     ]
     model = _model(
         nodes,
@@ -301,6 +456,7 @@ def test_integer_only_rejects_float_ops(tmp_path):
     with pytest.raises(FloatOpsError) as e:
         lower.build(model, _target(), THREADS, integer_only=True)
     assert "softmax" in str(e.value) and e.value.exit_code == 1
+    assert [o["node"] for o in e.value.ops] == ["dq", "sm", "q"]
     assert [o["op"] for o in e.value.ops] == ["dequantize", "nn.softmax", "quantize"]
     quant: dict = {}
     lower.build(model, _target(), THREADS, quant=quant)
