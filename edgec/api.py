@@ -452,12 +452,16 @@ def _verification(
 
 
 def _ivit(model: onnx.ModelProto, seed: int, step) -> tuple[onnx.ModelProto, dict | None]:
-    """On a quantized (QDQ) graph, I-ViT's integer-only Softmax/GELU/LayerNorm/residual kernels
-    replace the float islands (``edgec.quant.ivit``; the rewrite is checked against the QDQ model
-    and reverted below ``ivit.MIN_COSINE``). Returns the model to build and the report entry
-    (None when nothing was rewritten); the QDQ model stays the artifact's model.onnx and the
-    reference, and the lowering is then checked by cosine (the integer ops approximate)."""
-    if not any(n.op_type == "QuantizeLinear" for n in model.graph.node):
+    """On a quantized (QDQ) transformer graph, I-ViT's integer Softmax/GELU/LayerNorm/residual
+    kernels replace the float islands (``edgec.quant.ivit``; the rewrite is checked against
+    the QDQ model and reverted below ``ivit.MIN_COSINE``). Returns the model to build and the
+    report entry (None when nothing was rewritten); the QDQ model stays the artifact's
+    model.onnx and the reference, and the lowering is then checked by cosine (the integer ops
+    approximate the float ones)."""
+    ops = {n.op_type for n in model.graph.node}
+    decomposed_layernorm = {"ReduceMean", "Sqrt"} <= ops
+    transformer = ops & {"Softmax", "LayerNormalization", "Erf", "Gelu"} or decomposed_layernorm
+    if "QuantizeLinear" not in ops or not transformer:
         return model, None
     from edgec.quant import ivit
 

@@ -268,6 +268,12 @@ class Library:
     def __init__(self, executable=None, cached: Path | None = None, key: str | None = None):
         self.executable, self.cached, self.key = executable, cached, key
 
+    def module(self):
+        """A module ``relax.VirtualMachine`` accepts (the cached library loaded if need be)."""
+        if self.executable is not None:
+            return self.executable
+        return _tvm().runtime.load_module(str(self.cached))
+
     def export_library(self, path: str, **kwargs) -> None:
         if self.cached is not None:
             shutil.copyfile(self.cached, path)

@@ -124,13 +124,13 @@ def test_small_cnn_integer_only(activation, tmp_path):
 
 
 def test_integer_only_cli_exit_code(tmp_path, cli):
-    """--integer-only on a QDQ model with a float island (Softmax) exits 1, names the op and
-    writes nothing."""
+    """--integer-only on a QDQ model with a float island (Sigmoid: no integer form; a Softmax
+    would become I-ViT's Shiftmax) exits 1, names the op and writes nothing."""
     rng = np.random.default_rng(RNG_SEED)
     nodes = [
         helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
         helper.make_node("DequantizeLinear", ["q", "s", "z"], ["d"]),
-        helper.make_node("Softmax", ["d"], ["sm"]),
+        helper.make_node("Sigmoid", ["d"], ["sm"]),
         helper.make_node("QuantizeLinear", ["sm", "s", "z"], ["q2"]),
         helper.make_node("DequantizeLinear", ["q2", "s", "z"], ["y"]),
     ]
@@ -148,8 +148,8 @@ def test_integer_only_cli_exit_code(tmp_path, cli):
     del rng
     out = tmp_path / "out"
     res = cli("compile", str(path), "-o", str(out), "--integer-only", "--no-bench")
-    assert res.code == 1 and "nn.softmax" in res.err and not out.exists()
+    assert res.code == 1 and "sigmoid" in res.err and not out.exists()
     res = cli("compile", str(path), "-o", str(out), "--no-bench", "--json")
     assert res.code == 0
     report = json.loads(res.out)
-    assert [o["op"] for o in report["float_ops"]] == ["dequantize", "nn.softmax", "quantize"]
+    assert [o["op"] for o in report["float_ops"]] == ["dequantize", "sigmoid", "quantize"]

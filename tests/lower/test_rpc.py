@@ -60,7 +60,7 @@ def farm(tmp_path_factory):
         root = tmp_path_factory.mktemp("farm")
         conv = root / "conv.onnx"
         import onnx
-        from conftest import conv_relu_model
+        from tests.conftest import conv_relu_model
 
         onnx.save(conv_relu_model(dynamic_batch=False), conv)
         for target in ("x86_64", "arm64"):

@@ -123,7 +123,7 @@ def test_digits_tvm_bit_exact(digits, options):
     if options != ivit.Options():  # the official variants: ShiftGELU as a TIR kernel
         result = ivit.rewrite(qdq, options)
     ex, records = lower.build(result.model, targets.get("x86_64"), 1)
-    vm = relax.VirtualMachine(ex, tvm.cpu())
+    vm = relax.VirtualMachine(ex.module(), tvm.cpu())
     kernels = {r["kernel"].rstrip("0123456789") for r in records}
     assert {"ivit_shiftmax", "ivit_layernorm"} <= kernels  # the TIR kernels (GELU: a table)
     for i in range(4):
@@ -245,7 +245,7 @@ def test_uint8_activations():
     assert summary["logits"]["cosine"] > 0.99
     assert max(r["max_steps"] for r in rows if r["op"] in ("QAdd", "Requantize")) <= 1
     ex, _ = lower.build(result.model, targets.get("x86_64"), 1)
-    vm = relax.VirtualMachine(ex, tvm.cpu())
+    vm = relax.VirtualMachine(ex.module(), tvm.cpu())
     got = vm["main"](tvm.runtime.tensor(x)).numpy()
     assert np.array_equal(got, ivit.evaluate(result.model, {"input": x})["logits"])
 
