@@ -97,10 +97,16 @@ def _all_nodes(graph: onnx.GraphProto, prefix: str = ""):
 
 def unsupported_nodes(model: onnx.ModelProto) -> list[dict]:
     """Every node TVM's ONNX importer has no converter for (all of them, not only the first)."""
-    known = set(_convert_map()) | {"Constant", "If"}
-    found = []
+    from edgec.lower import importer
+
+    known = set(_convert_map()) | set(importer.CONVERTED) | {"Constant", "If"}
+    found = importer.unsupported_types(model)
     for prefix, node in _all_nodes(model.graph):
-        if node.domain not in _ONNX_DOMAINS or node.op_type not in known:
+        if (
+            node.domain not in _ONNX_DOMAINS
+            or node.op_type not in known
+            or importer.declined(node.op_type)
+        ):
             found.append(
                 {
                     "op_type": node.op_type,
@@ -133,8 +139,10 @@ def to_relax(model: onnx.ModelProto):
     import tvm
     from tvm.relax.frontend.onnx import from_onnx
 
+    from edgec.lower import importer
+
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), importer.converters():
             warnings.simplefilter("ignore")
             return from_onnx(model, keep_params_in_input=False)
     except (
@@ -143,7 +151,8 @@ def to_relax(model: onnx.ModelProto):
         NotImplementedError,
     ) as e:
         raise UnsupportedModelError(f"TVM's ONNX importer does not support this model: {e}") from e
-    except (tvm.error.TVMError, ValueError, KeyError, TypeError, AssertionError) as e:
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AssertionError) as e:
+        # (TVM 0.27 has no tvm.error.TVMError: its FFI errors are RuntimeError subclasses)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UnsupportedModelError(f"TVM's ONNX importer failed on this model: {first}") from e
 
@@ -257,12 +266,12 @@ class Runtime:
         self._main = self._vm["main"]
 
     def run(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
-        args = [self._tvm.runtime.tensor(np.ascontiguousarray(a), self._device) for a in arrays]
+        args = [self._tvm.runtime.tensor(_c_array(a), self._device) for a in arrays]
         return [t.numpy() for t in _flatten(self._main(*args))]
 
     def prepare(self, arrays: Sequence[np.ndarray]):
         """A zero-argument callable running the model on pre-uploaded inputs (for timing)."""
-        args = [self._tvm.runtime.tensor(np.ascontiguousarray(a), self._device) for a in arrays]
+        args = [self._tvm.runtime.tensor(_c_array(a), self._device) for a in arrays]
         return lambda: self._main(*args)
 
 
@@ -270,3 +279,8 @@ def _flatten(value) -> list:
     if hasattr(value, "numpy"):
         return [value]
     return [t for item in value for t in _flatten(item)]
+
+
+def _c_array(a) -> np.ndarray:
+    """C-contiguous, keeping 0-d arrays 0-d (np.ascontiguousarray makes them 1-d)."""
+    return np.asarray(a, order="C")
