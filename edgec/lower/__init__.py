@@ -101,17 +101,19 @@ def unsupported_nodes(model: onnx.ModelProto) -> list[dict]:
 
     known = set(_convert_map()) | set(importer.CONVERTED) | {"Constant", "If"}
     found = importer.unsupported_types(model)
+    types = importer.value_types(model.graph)
     for prefix, node in _all_nodes(model.graph):
         if (
             node.domain not in _ONNX_DOMAINS
             or node.op_type not in known
-            or importer.declined(node.op_type)
+            or importer.declined(node, types)
         ):
             found.append(
                 {
                     "op_type": node.op_type,
                     "domain": node.domain or "ai.onnx",
                     "node": prefix + (node.name or f"<unnamed {node.op_type}>"),
+                    "reason": importer.declined(node, types) or "no converter in TVM's importer",
                 }
             )
     return found
@@ -124,7 +126,11 @@ def check_supported(model: onnx.ModelProto) -> None:
         for n in nodes:
             key = n["op_type"] if n["domain"] == "ai.onnx" else f"{n['domain']}.{n['op_type']}"
             by_op.setdefault(key, []).append(n["node"])
-        lines = [f"  {op} ({len(names)}): {', '.join(names)}" for op, names in by_op.items()]
+        reasons = {n["op_type"]: n.get("reason", "") for n in nodes}
+        lines = [
+            f"  {op} ({len(names)}): {', '.join(names)} [{reasons.get(op.split('.')[-1], '')}]"
+            for op, names in by_op.items()
+        ]
         raise UnsupportedModelError(
             f"the model uses {len(by_op)} unsupported op type(s) in {len(nodes)} node(s):\n"
             + "\n".join(lines),
@@ -151,7 +157,8 @@ def to_relax(model: onnx.ModelProto):
         NotImplementedError,
     ) as e:
         raise UnsupportedModelError(f"TVM's ONNX importer does not support this model: {e}") from e
-    except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AssertionError) as e:
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError,
+            AssertionError) as e:  # fmt: skip
         # (TVM 0.27 has no tvm.error.TVMError: its FFI errors are RuntimeError subclasses)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UnsupportedModelError(f"TVM's ONNX importer failed on this model: {first}") from e
@@ -255,14 +262,16 @@ def set_threads(threads: int) -> int:
 class Runtime:
     """A compiled model loaded into a Relax VM; call with arrays in input order."""
 
-    def __init__(self, library: Path, threads: int = 0):
+    def __init__(self, library: Path, threads: int = 0, *, executable=None):
+        """Load ``library``; or run ``executable`` (``build``'s result) in-process, unexported."""
         tvm = _tvm()
         from tvm import relax
 
         set_threads(threads)
         self._tvm = tvm
         self._device = tvm.cpu()
-        self._vm = relax.VirtualMachine(tvm.runtime.load_module(str(library)), self._device)
+        code = executable if executable is not None else tvm.runtime.load_module(str(library))
+        self._vm = relax.VirtualMachine(code, self._device)
         self._main = self._vm["main"]
 
     def run(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:

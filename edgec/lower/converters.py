@@ -51,7 +51,9 @@ class Resize(tvm_onnx.Resize):
         coord = attr.get("coordinate_transformation_mode", b"half_pixel").decode()
         policy = attr.get("keep_aspect_ratio_policy", b"stretch").decode()
         if coord == "half_pixel_symmetric":
-            raise OpAttributeUnImplemented("Resize coordinate_transformation_mode half_pixel_symmetric")
+            raise OpAttributeUnImplemented(
+                "Resize coordinate_transformation_mode half_pixel_symmetric"
+            )
         if (scales is None) == (sizes is None):
             raise OpAttributeUnImplemented("Resize needs exactly one of scales and sizes")
         if sizes is not None:
@@ -73,7 +75,9 @@ class Resize(tvm_onnx.Resize):
                 raise OpAttributeUnImplemented(
                     f"Resize scale {s:g} on a dim of {shape[i]} (output not an exact multiple)"
                 )
-            if attr.get("mode", b"nearest") == b"nearest" and _nearest_tie(shape[i], full[i], coord):
+            if attr.get("mode", b"nearest") == b"nearest" and _nearest_tie(
+                shape[i], full[i], coord
+            ):
                 raise OpAttributeUnImplemented(
                     f"Resize nearest {shape[i]}->{full[i]}: exact rounding ties that TVM's "
                     "float32 coordinates break differently"

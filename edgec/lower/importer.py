@@ -5,7 +5,7 @@ ops that TVM 0.27's importer lacks or gets wrong.
 being imported: training, sequence/optional, string and random ops that an inference compiler
 has no business with, and ops the importer converts into wrong results (each with the failing
 ONNX node test named). ``unsupported_types`` refuses tensors of element types TVM cannot
-compute with (float8, int4, string, complex). ``converters()`` is the context in which
+compute with (bfloat16, float8, int4, string, complex). ``converters()`` is the context in which
 ``lower.to_relax`` imports: TVM's convert map plus edgec.lower.converters.CONVERTERS.
 """
 
@@ -43,7 +43,7 @@ DECLINED: dict[str, str] = {
 
 _BAD_TYPES = {
     getattr(onnx.TensorProto, n): n
-    for n in ("STRING", "COMPLEX64", "COMPLEX128", "FLOAT8E4M3FN", "FLOAT8E4M3FNUZ",
+    for n in ("STRING", "COMPLEX64", "COMPLEX128", "BFLOAT16", "FLOAT8E4M3FN", "FLOAT8E4M3FNUZ",
               "FLOAT8E5M2", "FLOAT8E5M2FNUZ", "FLOAT8E8M0", "UINT4", "INT4", "FLOAT4E2M1",
               "UINT2", "INT2")
     if hasattr(onnx.TensorProto, n)
@@ -53,8 +53,52 @@ _BAD_TYPES = {
 CONVERTED = ("Resize", "Upsample")
 
 
-def declined(op_type: str) -> str | None:
-    return DECLINED.get(op_type)
+def declined(node: onnx.NodeProto, types: dict[str, int]) -> str | None:
+    """Why edgec refuses this node (None: it does not): a DECLINED op, or a use of an op that
+    TVM's importer converts wrongly (``types``: element type of each value name)."""
+    if node.op_type in DECLINED:
+        return DECLINED[node.op_type]
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    outputs = [o for o in node.output[1:] if o]
+    first = types.get(node.input[0]) if node.input else None
+    T = onnx.TensorProto
+    checks = {
+        # (condition, reason); each reason is a failing ONNX node test of TVM's converter
+        "BatchNormalization": (attrs.get("training_mode", 0), "training_mode"),
+        "LayerNormalization": (outputs, "Mean/InvStdDev outputs"),
+        "Dropout": (outputs or (len(node.input) > 2 and node.input[2]), "mask/training"),
+        "ConvTranspose": ("output_shape" in attrs, "output_shape (TVM ignores it)"),
+        "BitShift": (True, "shift counts outside [0, bits) differ"),
+        "IsInf": (
+            not attrs.get("detect_positive", 1) or not attrs.get("detect_negative", 1),
+            "detect_positive/detect_negative (TVM ignores them)",
+        ),
+        "Mod": (first in _FLOATS and not attrs.get("fmod", 0), "float Mod with fmod=0"),
+        "Pow": (
+            first not in _FLOATS and types.get(node.input[1]) not in _FLOATS,
+            "integer base and exponent",
+        ),
+        "TopK": (first in (T.UINT64, T.UINT32, T.UINT16), "unsigned TopK"),
+        "ReduceMax": (first == T.BOOL, "bool reduction"),
+        "ReduceMin": (first == T.BOOL, "bool reduction"),
+    }
+    condition, reason = checks.get(node.op_type, (False, ""))
+    return f"{node.op_type} with {reason} (TVM gets it wrong)" if condition else None
+
+
+_FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
+
+
+def value_types(graph: onnx.GraphProto) -> dict[str, int]:
+    """Element type of every typed value of ``graph`` (after shape inference: all of them)."""
+    types = {t.name: t.data_type for t in graph.initializer}
+    for v in list(graph.input) + list(graph.value_info) + list(graph.output):
+        if v.type.HasField("tensor_type"):
+            types[v.name] = v.type.tensor_type.elem_type
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].HasField("t"):
+            types[node.output[0]] = node.attribute[0].t.data_type
+    return types
 
 
 def unsupported_types(model: onnx.ModelProto) -> list[dict]:
@@ -76,9 +120,10 @@ def unsupported_types(model: onnx.ModelProto) -> list[dict]:
             if a.type == onnx.AttributeProto.TENSOR and a.t.data_type in _BAD_TYPES:
                 seen.setdefault(_BAD_TYPES[a.t.data_type], node.name or node.op_type)
     return [
-        {"op_type": f"tensor type {name.lower()}", "domain": "ai.onnx", "node": where}
+        {"op_type": f"tensor type {name.lower()}", "domain": "ai.onnx", "node": where,
+         "reason": "TVM cannot compute with this element type"}
         for name, where in seen.items()
-    ]
+    ]  # fmt: skip
 
 
 @contextlib.contextmanager

@@ -446,6 +446,11 @@ def apply_all(
             except Decline as e:
                 record.setdefault("declined", []).append(f"{template.name}: {e}")
                 continue
+            except Exception as e:  # e.g. symbolic extents (data-dependent shapes)
+                record.setdefault("declined", []).append(
+                    f"{template.name}: cannot match: {type(e).__name__}: {str(e)[-300:]}"
+                )
+                continue
             try:
                 default = template.default(info, lanes)
                 knobs = (
