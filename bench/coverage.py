@@ -95,10 +95,14 @@ def run_case(case: dict) -> dict:
             raise UnsupportedModelError(f"non-tensor graph inputs/outputs: {non_tensor}")
         for raw_inputs, raw_expected in case["data"]:
             inputs, expected = [_array(a) for a in raw_inputs], [_array(a) for a in raw_expected]
-            baked, inputs = bake_parameters(model, dict(zip([v.name for v in specs], inputs, strict=False)))
+            baked, inputs = bake_parameters(
+                model, dict(zip([v.name for v in specs], inputs, strict=False))
+            )
             if any(a.size == 0 for a in inputs):
                 raise UnsupportedModelError("zero-size input (edgec pins positive dims only)")
-            shapes = {v.name: a.shape for v, a in zip(frontend.graph_inputs(baked), inputs, strict=False)}
+            shapes = {
+                v.name: a.shape for v, a in zip(frontend.graph_inputs(baked), inputs, strict=False)
+            }
             static = frontend.infer_shapes(frontend.pin_input_shapes(baked, shapes))
             lower.check_supported(static)
             optimized, _ = passes.run_pipeline(static, passes.PASSES)
