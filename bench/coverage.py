@@ -30,6 +30,7 @@ import sys
 import time
 import traceback
 import warnings
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -42,8 +43,9 @@ BAD = ("mismatch", "error", "crash", "timeout")
 CASE_TIMEOUT_S = 120.0
 
 
-def load_cases(only: str | None = None) -> list[dict]:
-    """The node cases as plain picklable dicts (name, op, model bytes, data, rtol, atol)."""
+def load_cases(only: str | None = None, ops: Iterable[str] | None = None) -> list[dict]:
+    """The node cases as plain picklable dicts (name, op, model bytes, data, rtol, atol),
+    optionally only names matching the regex ``only`` and cases about ``ops``."""
     from onnx.backend.test.loader import load_node_model_tests
 
     with warnings.catch_warnings(), np.errstate(all="ignore"):
@@ -53,6 +55,8 @@ def load_cases(only: str | None = None) -> list[dict]:
     cases = []
     for t in tests:
         if pattern and not pattern.search(t.name):
+            continue
+        if ops is not None and op_of(t.name, t.model) not in ops:
             continue
         cases.append(
             {
@@ -196,7 +200,7 @@ def compare(actual: list, expected: list, rtol: float, atol: float) -> str:
     return ""
 
 
-def _worker(conn) -> None:
+def _worker(conn, runner: Callable[[dict], dict]) -> None:
     import os
 
     devnull = os.open(os.devnull, os.O_WRONLY)  # TVM's importer prints to stdout
@@ -208,7 +212,7 @@ def _worker(conn) -> None:
             if case is None:
                 return
             t0 = time.perf_counter()
-            result = run_case(case)
+            result = runner(case)
             result["seconds"] = round(time.perf_counter() - t0, 2)
             conn.send(result)
 
@@ -216,9 +220,9 @@ def _worker(conn) -> None:
 class _Slot:
     """One worker process and the case it is running."""
 
-    def __init__(self, ctx):
+    def __init__(self, ctx, runner: Callable[[dict], dict]):
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_worker, args=(child,), daemon=True)
+        self.proc = ctx.Process(target=_worker, args=(child, runner), daemon=True)
         self.proc.start()
         child.close()
         self.case: dict | None = None
@@ -234,12 +238,19 @@ class _Slot:
         self.proc.join()
 
 
-def run_all(cases: list[dict], jobs: int, progress=None) -> list[dict]:
-    """Run ``cases`` in ``jobs`` worker processes; one result dict per case, in case order."""
+def run_all(
+    cases: list[dict],
+    jobs: int,
+    progress=None,
+    runner: Callable[[dict], dict] = run_case,
+    timeout_s: float = CASE_TIMEOUT_S,
+) -> list[dict]:
+    """Run ``cases`` in ``jobs`` worker processes; one result dict per case, in case order.
+    ``runner`` (a module-level function, for the spawned workers) runs one case."""
     ctx = mp.get_context("spawn")
     todo = collections.deque(range(len(cases)))
     results: list[dict | None] = [None] * len(cases)
-    slots = [_Slot(ctx) for _ in range(min(jobs, len(cases)))]
+    slots = [_Slot(ctx, runner) for _ in range(min(jobs, len(cases)))]
     busy: dict[int, int] = {}  # slot index -> case index
 
     def finish(idx: int, result: dict) -> None:
@@ -268,16 +279,16 @@ def run_all(cases: list[dict], jobs: int, progress=None) -> list[dict]:
                         finish(idx, result)
                         del busy[s]
                         continue
-                if not slot.proc.is_alive() or now - slot.started > CASE_TIMEOUT_S:
+                if not slot.proc.is_alive() or now - slot.started > timeout_s:
                     dead = not slot.proc.is_alive()
                     code = slot.proc.exitcode
                     slot.stop()
                     status = "crash" if dead else "timeout"
-                    detail = f"worker exit code {code}" if dead else f"over {CASE_TIMEOUT_S:g} s"
+                    detail = f"worker exit code {code}" if dead else f"over {timeout_s:g} s"
                     finish(idx, {"status": status, "detail": detail,
                                  "seconds": round(now - slot.started, 2)})  # fmt: skip
                     del busy[s]
-                    slots[s] = _Slot(ctx)
+                    slots[s] = _Slot(ctx, runner)
     finally:
         for slot in slots:
             with contextlib.suppress(BrokenPipeError, OSError):

@@ -60,7 +60,7 @@ def declined(node: onnx.NodeProto, types: dict[str, int]) -> str | None:
         return DECLINED[node.op_type]
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
     outputs = [o for o in node.output[1:] if o]
-    first = types.get(node.input[0]) if node.input else None
+    first, second = (types.get(node.input[i]) if len(node.input) > i else None for i in (0, 1))
     T = onnx.TensorProto
     checks = {
         # (condition, reason); each reason is a failing ONNX node test of TVM's converter
@@ -75,7 +75,7 @@ def declined(node: onnx.NodeProto, types: dict[str, int]) -> str | None:
         ),
         "Mod": (first in _FLOATS and not attrs.get("fmod", 0), "float Mod with fmod=0"),
         "Pow": (
-            first not in _FLOATS and types.get(node.input[1]) not in _FLOATS,
+            first not in _FLOATS and second not in _FLOATS,
             "integer base and exponent",
         ),
         "TopK": (first in (T.UINT64, T.UINT32, T.UINT16), "unsigned TopK"),
