@@ -129,4 +129,24 @@ class Upsample(tvm_onnx.OnnxOpConverter):
         return Resize._impl_v10(bb, inputs, attr, params)
 
 
-CONVERTERS: dict[str, type] = {"Resize": Resize, "Upsample": Upsample}
+class NonMaxSuppression(tvm_onnx.NonMaxSuppression):
+    """TVM's converter needs constant thresholds (it silently takes 0.5 for a runtime
+    iou_threshold) and suppresses at IoU >= threshold where ONNX suppresses at IoU >
+    threshold: refuse runtime thresholds, and pass the next float32 above the threshold
+    (no float32 lies between them, so >= it is exactly > the threshold)."""
+
+    @classmethod
+    def _impl_v10(cls, bb, inputs, attr, params):
+        inputs = list(inputs) + [None] * (5 - len(inputs))
+        values = [_const(e, params) for e in inputs[2:5]]
+        if values[1] is not None:
+            t = np.float32(values[1].reshape(-1)[0])
+            inputs[3] = relax.const(np.array([np.nextafter(t, np.float32(np.inf))], np.float32))
+        return super()._impl_v10(bb, inputs, attr, params)
+
+
+CONVERTERS: dict[str, type] = {
+    "Resize": Resize,
+    "Upsample": Upsample,
+    "NonMaxSuppression": NonMaxSuppression,
+}

@@ -50,7 +50,7 @@ _BAD_TYPES = {
 }  # fmt: skip
 
 # ops with an edgec converter (edgec.lower.converters.CONVERTERS), replacing TVM's
-CONVERTED = ("Resize", "Upsample")
+CONVERTED = ("Resize", "Upsample", "NonMaxSuppression")
 
 
 def declined(node: onnx.NodeProto, types: dict[str, int]) -> str | None:
