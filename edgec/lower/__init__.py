@@ -101,19 +101,20 @@ def unsupported_nodes(model: onnx.ModelProto) -> list[dict]:
 
     known = set(_convert_map()) | set(importer.CONVERTED) | {"Constant", "If"}
     found = importer.unsupported_types(model)
-    types = importer.value_types(model.graph)
+    types, consts = importer.value_types(model.graph), importer.constants(model.graph)
     for prefix, node in _all_nodes(model.graph):
         if (
             node.domain not in _ONNX_DOMAINS
             or node.op_type not in known
-            or importer.declined(node, types)
+            or importer.declined(node, types, consts)
         ):
             found.append(
                 {
                     "op_type": node.op_type,
                     "domain": node.domain or "ai.onnx",
                     "node": prefix + (node.name or f"<unnamed {node.op_type}>"),
-                    "reason": importer.declined(node, types) or "no converter in TVM's importer",
+                    "reason": importer.declined(node, types, consts)
+                    or "no converter in TVM's importer",
                 }
             )
     return found
@@ -222,12 +223,23 @@ def build(
                 mod, records = schedules.apply_all(mod, lanes)
             else:
                 mod, records = schedules.apply_all(mod, lanes, choose=choose)
-            mod = transform.SplitLayoutRewritePreproc()(mod)
+            if _layout_rewrites(mod):  # (the pass fails on some scatter kernels otherwise)
+                mod = transform.SplitLayoutRewritePreproc()(mod)
             mod = transform.LiftTransformParams()(mod)
             mod = transform.FoldConstant()(mod)
         else:
             mod = dlight.ApplyDefaultSchedule(dlight.cpu.GEMV(), dlight.cpu.Reduction())(mod)
     return tvm.compile(mod, target=tgt), records
+
+
+def _layout_rewrites(mod) -> bool:
+    """Whether any kernel has weights to re-lay-out (``layout_free_buffers``)."""
+    from tvm import tirx
+
+    return any(
+        isinstance(f, tirx.PrimFunc) and f.attrs is not None and "layout_free_buffers" in f.attrs
+        for f in mod.functions.values()
+    )
 
 
 def export(executable, path: Path, target: Target) -> None:

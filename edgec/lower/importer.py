@@ -15,6 +15,7 @@ import contextlib
 from collections.abc import Iterator
 
 import onnx
+import onnx.numpy_helper
 
 # op -> why edgec refuses it
 DECLINED: dict[str, str] = {
@@ -53,9 +54,10 @@ _BAD_TYPES = {
 CONVERTED = ("Resize", "Upsample", "NonMaxSuppression")
 
 
-def declined(node: onnx.NodeProto, types: dict[str, int]) -> str | None:
+def declined(node: onnx.NodeProto, types: dict[str, int], consts: dict | None = None) -> str | None:
     """Why edgec refuses this node (None: it does not): a DECLINED op, or a use of an op that
-    TVM's importer converts wrongly (``types``: element type of each value name)."""
+    TVM's importer converts wrongly (``types``: element type of each value name,
+    ``consts``: the graph's constant tensors by name, see ``constants``)."""
     if node.op_type in DECLINED:
         return DECLINED[node.op_type]
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
@@ -81,9 +83,29 @@ def declined(node: onnx.NodeProto, types: dict[str, int]) -> str | None:
         "TopK": (first in (T.UINT64, T.UINT32, T.UINT16), "unsigned TopK"),
         "ReduceMax": (first == T.BOOL, "bool reduction"),
         "ReduceMin": (first == T.BOOL, "bool reduction"),
+        "RoiAlign": (attrs.get("mode", b"avg") == b"max", "mode=max"),
+        "SpaceToDepth": (attrs.get("mode", b"DCR") != b"DCR", "mode=CRD (TVM ignores it)"),
+        "RMSNormalization": (attrs.get("axis", -1) == 0, "axis=0"),
+        # tile of [2,3,4,5] by [4,4,4,4] reads out of bounds in TVM 0.27; one axis is right
+        "Tile": (_tiled_axes(node, consts) not in (0, 1), "repeats on several axes"),
     }
     condition, reason = checks.get(node.op_type, (False, ""))
     return f"{node.op_type} with {reason} (TVM gets it wrong)" if condition else None
+
+
+def _tiled_axes(node: onnx.NodeProto, consts: dict | None) -> int:
+    """How many axes a Tile repeats (-1 when the repeats are not constant)."""
+    repeats = (consts or {}).get(node.input[1]) if len(node.input) > 1 else None
+    return -1 if repeats is None else int((repeats.reshape(-1) != 1).sum())
+
+
+def constants(graph: onnx.GraphProto) -> dict:
+    """The graph's initializers and Constant-node tensors, as numpy arrays by name."""
+    found = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].HasField("t"):
+            found[node.output[0]] = onnx.numpy_helper.to_array(node.attribute[0].t)
+    return found
 
 
 _FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
