@@ -145,7 +145,41 @@ class NonMaxSuppression(tvm_onnx.NonMaxSuppression):
         return super()._impl_v10(bb, inputs, attr, params)
 
 
+def _with_infinite_identity(tvm_class: type, sign: float) -> type:
+    """TVM reduces max (min) from -FLT_MAX (+FLT_MAX), not -inf (+inf): a row of only -inf
+    gives -3.4e38 (masked attention rows). Rows with no element beyond that infinity get it
+    back: ``where(reduce(x != inf) > 0, reduce(x), inf)``, both reductions TVM's."""
+
+    def convert(cls, bb, inputs, attr, params, version):
+        impl = getattr(super(cls, cls), f"_impl_v{version}")
+        out = bb.normalize(impl(bb, inputs, attr, params))
+        x = inputs[0]
+        dtype = str(x.ty.dtype)
+        if not dtype.startswith("float"):
+            return out
+        inf = relax.const(sign * np.inf, dtype)
+        seen = bb.normalize(relax.op.astype(relax.op.not_equal(x, inf), dtype))
+        has = bb.normalize(impl(bb, [seen, *inputs[1:]], attr, params))
+        return relax.op.where(relax.op.greater(has, relax.const(0, dtype)), out, inf)
+
+    versions = sorted(int(n.removeprefix("_impl_v")) for n in dir(tvm_class) if "_impl_v" in n)
+    body = {
+        f"_impl_v{v}": classmethod(
+            lambda cls, bb, inputs, attr, params, v=v: convert(cls, bb, inputs, attr, params, v)
+        )
+        for v in versions
+    }
+    return type(tvm_class.__name__, (tvm_class,), {"__doc__": _with_infinite_identity.__doc__,
+                                                   **body})  # fmt: skip
+
+
+ReduceMax = _with_infinite_identity(tvm_onnx.ReduceMax, -1.0)
+ReduceMin = _with_infinite_identity(tvm_onnx.ReduceMin, 1.0)
+
+
 CONVERTERS: dict[str, type] = {
+    "ReduceMax": ReduceMax,
+    "ReduceMin": ReduceMin,
     "Resize": Resize,
     "Upsample": Upsample,
     "NonMaxSuppression": NonMaxSuppression,
