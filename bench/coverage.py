@@ -185,7 +185,7 @@ def run_baseline_case(case: dict) -> dict:
     from edgec.lower import importer
 
     importer.CONVERTED = ()
-    importer.declined = lambda node, types: None
+    importer.declined = lambda node, types, consts=None: None
     importer.unsupported_types = lambda model: []
     importer.converters = contextlib.nullcontext
     return run_case(case)

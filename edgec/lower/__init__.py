@@ -274,7 +274,7 @@ def set_threads(threads: int) -> int:
 class Runtime:
     """A compiled model loaded into a Relax VM; call with arrays in input order."""
 
-    def __init__(self, library: Path, threads: int = 0, *, executable=None):
+    def __init__(self, library: Path | None, threads: int = 0, *, executable=None):
         """Load ``library``; or run ``executable`` (``build``'s result) in-process, unexported."""
         tvm = _tvm()
         from tvm import relax
