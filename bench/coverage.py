@@ -45,7 +45,7 @@ CASE_TIMEOUT_S = 120.0
 BASELINE_OPS = (
     "Resize", "Upsample", "BatchNormalization", "LayerNormalization", "Dropout",
     "ConvTranspose", "BitShift", "IsInf", "Mod", "Pow", "TopK", "ReduceMax", "ReduceMin", "Cast",
-    "NonMaxSuppression", "RoiAlign", "SpaceToDepth", "RMSNormalization", "Tile",
+    "NonMaxSuppression", "RoiAlign", "SpaceToDepth", "RMSNormalization", "Tile", "Attention",
 )  # fmt: skip
 
 
