@@ -103,20 +103,28 @@ def _all_nodes(graph: onnx.GraphProto, prefix: str = ""):
 
 def unsupported_nodes(model: onnx.ModelProto) -> list[dict]:
     """Every node TVM's ONNX importer has no converter for (all of them, not only the first)."""
+    from edgec.lower import importer
     from edgec.quant.ivit import DOMAIN as EDGEC_DOMAIN
     from edgec.quant.ivit import OPS as EDGEC_OPS
 
-    known = set(_convert_map()) | {"Constant", "If"}
-    found = []
+    known = set(_convert_map()) | set(importer.CONVERTED) | {"Constant", "If"}
+    found = importer.unsupported_types(model)
+    types, consts = importer.value_types(model.graph), importer.constants(model.graph)
     for prefix, node in _all_nodes(model.graph):
         if node.domain == EDGEC_DOMAIN and node.op_type in EDGEC_OPS:
             continue  # I-ViT integer nodes: converted by edgec.lower.ivit
-        if node.domain not in _ONNX_DOMAINS or node.op_type not in known:
+        if (
+            node.domain not in _ONNX_DOMAINS
+            or node.op_type not in known
+            or importer.declined(node, types, consts)
+        ):
             found.append(
                 {
                     "op_type": node.op_type,
                     "domain": node.domain or "ai.onnx",
                     "node": prefix + (node.name or f"<unnamed {node.op_type}>"),
+                    "reason": importer.declined(node, types, consts)
+                    or "no converter in TVM's importer",
                 }
             )
     return found
@@ -129,7 +137,11 @@ def check_supported(model: onnx.ModelProto) -> None:
         for n in nodes:
             key = n["op_type"] if n["domain"] == "ai.onnx" else f"{n['domain']}.{n['op_type']}"
             by_op.setdefault(key, []).append(n["node"])
-        lines = [f"  {op} ({len(names)}): {', '.join(names)}" for op, names in by_op.items()]
+        reasons = {n["op_type"]: n.get("reason", "") for n in nodes}
+        lines = [
+            f"  {op} ({len(names)}): {', '.join(names)} [{reasons.get(op.split('.')[-1], '')}]"
+            for op, names in by_op.items()
+        ]
         raise UnsupportedModelError(
             f"the model uses {len(by_op)} unsupported op type(s) in {len(nodes)} node(s):\n"
             + "\n".join(lines),
@@ -144,13 +156,15 @@ def to_relax(model: onnx.ModelProto):
     import tvm
     from tvm.relax.frontend.onnx import from_onnx
 
+    from edgec.lower import importer
+
     converters = contextlib.nullcontext()
     if any(node.domain == "ai.edgec" for _, node in _all_nodes(model.graph)):
         from edgec.lower import ivit  # I-ViT integer nodes (edgec.quant.ivit)
 
         converters = ivit.converters()
     try:
-        with warnings.catch_warnings(), converters:
+        with warnings.catch_warnings(), importer.converters(), converters:
             warnings.simplefilter("ignore")
             return from_onnx(model, keep_params_in_input=False)
     except (
@@ -159,7 +173,9 @@ def to_relax(model: onnx.ModelProto):
         NotImplementedError,
     ) as e:
         raise UnsupportedModelError(f"TVM's ONNX importer does not support this model: {e}") from e
-    except (RuntimeError, ValueError, KeyError, TypeError, AssertionError) as e:  # tvm_ffi errors
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError,
+            AssertionError) as e:  # fmt: skip
+        # (TVM 0.27 has no tvm.error.TVMError: its FFI errors are RuntimeError subclasses)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UnsupportedModelError(f"TVM's ONNX importer failed on this model: {first}") from e
 
@@ -254,7 +270,8 @@ def build(
                 record["bytes"] = traffic.get(record["kernel"])
             if plan is not None:
                 plan.annotate(records)
-            mod = transform.SplitLayoutRewritePreproc()(mod)
+            if _layout_rewrites(mod):  # (the pass fails on some scatter kernels otherwise)
+                mod = transform.SplitLayoutRewritePreproc()(mod)
             mod = transform.LiftTransformParams()(mod)
             mod = transform.FoldConstant()(mod)
         else:
@@ -302,6 +319,16 @@ def _linker(target: Target) -> str:
     return f"cross:{target.mtriple}" if target.cross else "native"
 
 
+def _layout_rewrites(mod) -> bool:
+    """Whether any kernel has weights to re-lay-out (``layout_free_buffers``)."""
+    from tvm import tirx
+
+    return any(
+        isinstance(f, tirx.PrimFunc) and f.attrs is not None and "layout_free_buffers" in f.attrs
+        for f in mod.functions.values()
+    )
+
+
 def export(executable, path: Path, target: Target, compiler: str | None = None) -> None:
     """Write the executable (or ``Library``) as a shared library the TVM runtime can load,
     linked by ``compiler`` (a cross g++ or the NDK's clang++; default: the host's, or the GNU
@@ -335,23 +362,29 @@ def set_threads(threads: int) -> int:
 class Runtime:
     """A compiled model loaded into a Relax VM; call with arrays in input order."""
 
-    def __init__(self, library: Path, threads: int = 0, device: str = "cpu"):
+    def __init__(
+        self, library: Path | None, threads: int = 0, device: str = "cpu", *, executable=None
+    ):
+        """Load ``library``; or run ``executable`` (``build``'s result) in-process, unexported."""
         tvm = _tvm()
         from tvm import relax
 
         set_threads(threads)
         self._tvm = tvm
         self._device = tvm.device(device, 0)
-        self._vm = relax.VirtualMachine(tvm.runtime.load_module(str(library)), self._device)
+        if isinstance(executable, Library):
+            executable = executable.module()
+        code = executable if executable is not None else tvm.runtime.load_module(str(library))
+        self._vm = relax.VirtualMachine(code, self._device)
         self._main = self._vm["main"]
 
     def run(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
-        args = [self._tvm.runtime.tensor(np.ascontiguousarray(a), self._device) for a in arrays]
+        args = [self._tvm.runtime.tensor(_c_array(a), self._device) for a in arrays]
         return [t.numpy() for t in _flatten(self._main(*args))]
 
     def prepare(self, arrays: Sequence[np.ndarray]):
         """A zero-argument callable running the model on pre-uploaded inputs (for timing)."""
-        args = [self._tvm.runtime.tensor(np.ascontiguousarray(a), self._device) for a in arrays]
+        args = [self._tvm.runtime.tensor(_c_array(a), self._device) for a in arrays]
         return lambda: self._main(*args)
 
 
@@ -359,3 +392,8 @@ def _flatten(value) -> list:
     if hasattr(value, "numpy"):
         return [value]
     return [t for item in value for t in _flatten(item)]
+
+
+def _c_array(a) -> np.ndarray:
+    """C-contiguous, keeping 0-d arrays 0-d (np.ascontiguousarray makes them 1-d)."""
+    return np.asarray(a, order="C")

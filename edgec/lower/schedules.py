@@ -484,6 +484,11 @@ def apply_all(
                 if not isinstance(e, NotMine):
                     record.setdefault("declined", []).append(f"{template.name}: {e}")
                 continue
+            except Exception as e:  # e.g. symbolic extents (data-dependent shapes)
+                record.setdefault("declined", []).append(
+                    f"{template.name}: cannot match: {type(e).__name__}: {str(e)[-300:]}"
+                )
+                continue
             try:
                 default = template.default(info, lanes)
                 knobs = (

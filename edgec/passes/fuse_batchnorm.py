@@ -896,7 +896,7 @@ def _cancelled_input(node: ir.Node) -> ir.Value | None:
     """x if node undoes its producer: ``Transpose(Transpose(x))`` with inverse perms, or a
     reshape of a reshape back to x's shape."""
     first = node.inputs[0].producer()
-    if first is None or first.domain != "" or node.domain != "":
+    if first is None or not first.inputs or first.domain != "" or node.domain != "":
         return None
     x = first.inputs[0]
     if node.op_type == "Transpose" and first.op_type == "Transpose":

@@ -60,6 +60,7 @@ def farm(tmp_path_factory):
         root = tmp_path_factory.mktemp("farm")
         conv = root / "conv.onnx"
         import onnx
+
         from tests.conftest import conv_relu_model
 
         onnx.save(conv_relu_model(dynamic_batch=False), conv)
