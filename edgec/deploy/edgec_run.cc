@@ -221,6 +221,9 @@ static double Percentile(const std::vector<double>& sorted, double p) {
 }
 
 static std::string StatsJson(std::vector<double> ms, int warmup) {
+  std::ostringstream samples;  // in measurement order, as edgec bench reports them
+  samples.precision(9);
+  for (size_t i = 0; i < ms.size(); ++i) samples << (i ? ", " : "") << ms[i];
   std::sort(ms.begin(), ms.end());
   double mean = 0, var = 0;
   for (double v : ms) mean += v;
@@ -232,7 +235,8 @@ static std::string StatsJson(std::vector<double> ms, int warmup) {
   o << "{\"p50_ms\": " << Percentile(ms, 50) << ", \"p90_ms\": " << Percentile(ms, 90)
     << ", \"p99_ms\": " << Percentile(ms, 99) << ", \"mean_ms\": " << mean << ", \"stddev_ms\": " << sd
     << ", \"min_ms\": " << ms.front() << ", \"max_ms\": " << ms.back() << ", \"runs\": " << ms.size()
-    << ", \"warmup\": " << warmup << ", \"noisy\": " << (mean > 0 && sd / mean > 0.1 ? "true" : "false") << "}";
+    << ", \"warmup\": " << warmup << ", \"noisy\": " << (mean > 0 && sd / mean > 0.1 ? "true" : "false")
+    << ", \"samples_ms\": [" << samples.str() << "]}";
   return o.str();
 }
 

@@ -276,7 +276,16 @@ def build(
             mod = transform.FoldConstant()(mod)
         else:
             mod = dlight.ApplyDefaultSchedule(dlight.cpu.GEMV(), dlight.cpu.Reduction())(mod)
-    return _compile(mod, tgt, target), records
+    try:
+        return _compile(mod, tgt, target), records
+    except tvm.error.InternalError as e:
+        if "has not been computed" not in str(e):  # VMShapeLower: a symbolic shape
+            raise
+        # a shape that depends on tensor values (e.g. a Range of a computed length)
+        raise UnsupportedModelError(
+            "the model has data-dependent shapes, which TVM cannot compile here: "
+            + str(e).strip().splitlines()[0][:200]
+        ) from e
 
 
 class Library:

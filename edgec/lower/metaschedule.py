@@ -19,9 +19,12 @@ per-kernel budgets used here).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
+import io
+import logging
 import os
 import sys
 import tempfile
@@ -98,7 +101,11 @@ def tune(func, target: dict, *, trials: int = TRIALS, threads: int = 0, seed: in
         os.environ["TVM_NUM_THREADS"] = str(threads)  # the runner's worker processes
     mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
     tgt = tvm.target.Target(target)
-    with tempfile.TemporaryDirectory(prefix="edgec-ms-") as work_dir:
+    _quiet_logging()
+    with (
+        tempfile.TemporaryDirectory(prefix="edgec-ms-") as work_dir,
+        contextlib.redirect_stdout(io.StringIO()),
+    ):  # its console log (per-trial tables) would interleave with edgec's progress and --json
         db = ms.tune_tir(
             mod, tgt, work_dir, max_trials_global=trials, num_trials_per_iter=min(trials, 8),
             builder=ms.builder.LocalBuilder(f_build=_build, max_workers=1, timeout_sec=120),
@@ -109,6 +116,15 @@ def tune(func, target: dict, *, trials: int = TRIALS, threads: int = 0, seed: in
     if not records:
         raise RuntimeError(f"MetaSchedule found no valid schedule in {trials} trials")
     return [{KEY: tvm.ir.save_json(r.trace.as_json())} for r in records]
+
+
+def _quiet_logging() -> None:
+    """MetaSchedule configures its logger on every run (logging.config.dictConfig) from the
+    handlers it already has; one without a name (added by another logging set-up) breaks it."""
+    logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    for handler in list(logger.handlers):
+        if handler.get_name() is None:
+            logger.removeHandler(handler)
 
 
 def apply(func, trace: str):
