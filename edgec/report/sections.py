@@ -72,7 +72,9 @@ def _summary(r: dict) -> Section:
         s.pairs.append(("passes reverted", ", ".join(reverted)))
     s.pairs.append(("accuracy vs onnxruntime", accuracy_verdict(r.get("verification") or {})))
     lat = r.get("latency")
-    if lat:
+    if lat and "skipped" in lat:
+        s.pairs.append(("latency", f"not measured ({lat['skipped']})"))
+    elif lat:
         e = lat["edgec"]
         text = f"edgec p50 {e['p50_ms']:.4g} ms, p99 {e['p99_ms']:.4g} ms"
         if "onnxruntime" in lat:
@@ -120,7 +122,7 @@ def _gates(r: dict) -> Section | None:
 
 def _latency(r: dict) -> Section | None:
     lat = r.get("latency")
-    if not lat:
+    if not lat or "skipped" in lat:
         return None
     s = Section("latency", "Latency", plots=["latency"],
                 headers=["engine", "p50 ms", "p90 ms", "p99 ms", "mean ms", "stddev ms", "runs",

@@ -139,3 +139,19 @@ def test_a_wrong_result_under_qemu_fails_the_compile_and_writes_nothing(conv_rel
     assert e.value.report["verification"]["emulated"] == "qemu-aarch64: correctness only"
     assert 9e-3 < e.value.report["verification"]["scaled_err"] < 1.1e-2
     assert not (tmp_path / "out").exists()
+
+
+@needs_qemu
+def test_arm64_int8_compiles_to_integer_kernels_verified_under_qemu(tmp_path):
+    """The command users asked for: `edgec compile model.onnx --target arm64 --int8`."""
+    from tests.quant.conftest import model_path
+
+    result = edgec.compile(model_path("digits_cnn"), tmp_path / "out", target="arm64", int8=True,
+                           calib="synthetic")  # fmt: skip
+    report = result.report
+    assert report["precision"] == "int8" and report["float_ops"] == []
+    v = report["verification"]
+    assert v["passed"] and v["emulated"].startswith("qemu-aarch64")
+    assert v["scaled_err"] <= 0.05  # vs the QDQ model in onnxruntime
+    assert report["latency"] == {"skipped": deploy.EMULATED_LATENCY}
+    assert (tmp_path / "out" / "report.html").is_file() and "html_error" not in report

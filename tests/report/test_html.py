@@ -60,6 +60,16 @@ def test_unknown_report_keys_render_generically():
     assert "Float ops" in md and '["Softmax"]' in md
 
 
+def test_an_emulated_compile_renders_its_skipped_latency():
+    """A foreign target verified under qemu has no latency (report latency.skipped)."""
+    report = {"model": "m.onnx", "target": "arm64", "precision": "fp32",
+              "latency": {"skipped": "emulated: correctness only"}}  # fmt: skip
+    page, md = html.render(report), markdown.render(report)
+    assert "not measured (emulated: correctness only)" in page
+    assert "not measured (emulated: correctness only)" in md
+    assert '<section id="latency">' not in page
+
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
