@@ -270,6 +270,7 @@ static std::string ProfileJson(ffi::Module vm, const std::function<ffi::Any()>& 
   }
   std::sort(rows.rbegin(), rows.rend());
   std::ostringstream o;
+  o.precision(12);  // shares must sum to 1 (the default 6 digits do not)
   o << "[";
   for (size_t i = 0; i < rows.size(); ++i) {
     o << (i ? ", " : "") << "{\"kernel\": " << JsonStr(rows[i].second) << ", \"ms\": " << rows[i].first
