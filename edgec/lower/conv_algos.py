@@ -436,6 +436,9 @@ class Plan:
         chosen = []
         for lay in variants["direct"]["layers"]:
             i, spec = lay["layer"], lay["spec"]
+            if spec is None:  # not an fp32 conv this module rewrites (e.g. an int8 one)
+                chosen.append({**lay, "tried": []})
+                continue
             tried = []
             for v in variants.values():
                 if v["layers"][i]["algo"] != v["algo"]:

@@ -153,3 +153,15 @@ def test_integer_only_cli_exit_code(tmp_path, cli):
     assert res.code == 0
     report = json.loads(res.out)
     assert [o["op"] for o in report["float_ops"]] == ["dequantize", "sigmoid", "quantize"]
+
+
+def test_search_with_conv_algorithms_on_a_qdq_model(tmp_path):
+    """`--search fast` (conv algorithms on auto) on a QDQ model: the int8 convs are not fp32
+    layers the algorithms rewrite; they stay direct and the compile succeeds."""
+    quantize(small_cnn(), tmp_path / "cnn.onnx", "uint8")
+    result = api.compile(tmp_path / "cnn.onnx", tmp_path / "out", bench=False, threads=2,
+                         search="fast", search_budget_s=5, tuning_db=tmp_path / "t.db")  # fmt: skip
+    report = result.report
+    assert report["precision"] == "int8" and report["verification"]["passed"]
+    assert report["search"]["mode"] == "fast"
+    assert set(report["conv_algos"]["chosen"]) <= {"direct"}
