@@ -1,6 +1,7 @@
 """int8 on this CPU: edgec int8 vs edgec fp32 vs onnxruntime fp32 vs onnxruntime int8, same process.
 
     .venv/bin/python bench/int8.py [--models resnet18,mobilenetv2] [--threads 2] [--calib 4]
+                                   [--search fast --budget 60] [--integer-only]
 
 Per model: export the zoo model (fp32 ONNX), quantize it with onnxruntime's ``quantize_static``
 (QDQ, uint8 activations, per-channel symmetric int8 weights, minmax calibration on a few
@@ -80,7 +81,8 @@ def bench_one(name: str, workdir: Path, args) -> dict:
         t0 = time.perf_counter()
         result = api.compile(path, workdir / f"{name}-{kind}", force=True, threads=args.threads,
                              bench=False, search=args.search, tuning_db=workdir / "tuning.db",
-                             search_budget_s=args.budget)  # fmt: skip
+                             search_budget_s=args.budget,
+                             integer_only=kind == "int8" and args.integer_only)  # fmt: skip
         compile_s[kind] = time.perf_counter() - t0
         compiled[kind] = (api.load(result.output, args.threads), result.report)
     feeds = verify.random_inputs(compiled["fp32"][0].inputs, 0)
@@ -107,12 +109,12 @@ def bench_one(name: str, workdir: Path, args) -> dict:
         "int8_vs_ort_fp32": p50["edgec int8"] / p50["onnxruntime fp32"],
         "max_quanta_vs_ort_int8": float(quanta.max()),
         "exact_vs_ort_int8": float(np.mean(quanta < 0.5)),
-        "float_ops": len(report.get("float_ops", [])),
+        "float_ops": len(report.get("int8", {}).get("float_ops", [])),
         "integer_ops": report.get("int8", {}).get("integer_ops"),
     }  # fmt: skip
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=DEFAULT)
     ap.add_argument("--threads", type=int, default=2)
@@ -121,9 +123,11 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=None, help="search budget, seconds")
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--budget-timing", type=float, default=20.0)
+    ap.add_argument("--integer-only", action="store_true",
+                    help="compile the QDQ model with --integer-only (no float op may remain)")
     ap.add_argument("--workdir", type=Path, help="keep models/artifacts here")
     ap.add_argument("--json", type=Path)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.workdir or Path(tmp)
@@ -145,6 +149,7 @@ def main() -> None:
               f"{r['float_ops']} |")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2, default=str))
+    return rows
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
     python bench/ivit.py accuracy   # cosine vs fp32 of QDQ and I-ViT integer; per-op error table
     python bench/ivit.py kernels    # I-ViT TVM kernels vs edgec's fp32 kernels, DeiT-tiny shapes
-    python bench/ivit.py latency    # whole model: needs the int8 lowering (edgec.lower.qdq)
+    python bench/ivit.py latency [bench/int8.py options]  # whole model, integer-only vs fp32
 
 ``accuracy`` exports DeiT-tiny, quantizes it with onnxruntime's quantize_static (QDQ, int8,
 per-channel weights, ``--calib`` random N(0, 1) images: a random-init model has no data
@@ -193,12 +193,16 @@ def kernels(repeats: int) -> dict:
     return result
 
 
-def latency() -> dict:
-    try:
-        import edgec.lower.qdq  # noqa: F401 - the int8 lowering of the linear ops
-    except ImportError:
-        return {"skipped": "edgec.lower.qdq (integer lowering of QDQ linear ops) is not merged"}
-    return {"skipped": "wire-up pending: run `edgec compile deit.onnx --int8 --integer-only`"}
+def latency(argv: list[str]) -> dict:
+    """Whole DeiT-tiny: edgec integer-only int8 (the QDQ model, I-ViT rewritten, compiled with
+    --integer-only) vs edgec fp32 vs onnxruntime fp32 and int8 (the same QDQ model), same run:
+    bench/int8.py's measurement with ``--integer-only`` (its table goes to stdout)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    import int8 as int8_bench
+
+    (row,) = int8_bench.main(["--models", "deit_tiny", "--integer-only", *argv])
+    row["int8_vs_edgec_fp32"] = row["p50_ms"]["edgec int8"] / row["p50_ms"]["edgec fp32"]
+    return row
 
 
 def main(argv: list[str]) -> int:
@@ -207,13 +211,13 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--calib", type=int, default=8, help="calibration images")
     ap.add_argument("--images", type=int, default=2, help="evaluation images")
     ap.add_argument("--repeats", type=int, default=5, help="interleaved timing rounds")
-    args = ap.parse_args(argv)
+    args, rest = ap.parse_known_args(argv)
     if args.command == "accuracy":
         out = accuracy(args.calib, args.images)
     elif args.command == "kernels":
         out = kernels(args.repeats)
     else:
-        out = latency()
+        out = latency(rest)
     print(json.dumps(out, indent=2))
     return 0
 

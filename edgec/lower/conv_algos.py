@@ -55,7 +55,12 @@ class ConvSpec:
     pads: tuple[int, int, int, int] = (0, 0, 0, 0)  # top, left, bottom, right
     dilation: tuple[int, int] = (1, 1)
     groups: int = 1
-    dtype: str = "float32"
+    dtype: str = "float32"  # the input's: uint8/int8 for an int8 x int8 -> int32 conv
+    pad_value: int = 0  # what the padding reads (an int8 conv's activation zero point)
+
+    @property
+    def integer(self) -> bool:
+        return self.dtype != "float32"
 
     @property
     def cg(self) -> int:
@@ -113,8 +118,8 @@ def not_applicable(algo: str, spec: ConvSpec) -> str | None:
     """Why ``algo`` cannot compute ``spec`` (None: it can)."""
     if algo == "direct":
         return None
-    if spec.dtype != "float32":
-        return f"{algo} is fp32 only"
+    if spec.integer and algo != "im2win":
+        return f"{algo} is fp32 only (int8 convs: direct or im2win)"
     if spec.depthwise:
         return f"depthwise: {algo} has no reduction over channels to gain from (direct kernel)"
     if algo == "winograd":
@@ -126,8 +131,8 @@ def not_applicable(algo: str, spec: ConvSpec) -> str | None:
 
 
 def transformed_bytes(algo: str, spec: ConvSpec, option=None) -> dict:
-    """Bytes of the algorithm's transformed input and of all its workspace (fp32)."""
-    s, f = spec, 4
+    """Bytes of the algorithm's transformed input and of all its workspace."""
+    s, f = spec, 1 if spec.integer else 4
     if algo == "direct":
         padded = s.n * s.cin * (s.h + s.pads[0] + s.pads[2]) * (s.w + s.pads[1] + s.pads[3])
         return {"transformed_input_bytes": 0, "workspace_bytes": padded * f if any(s.pads) else 0}
@@ -152,7 +157,8 @@ def transformed_bytes(algo: str, spec: ConvSpec, option=None) -> dict:
 
 
 def _conv_spec(call) -> tuple[ConvSpec, np.ndarray] | None:
-    """The spec and constant weight of a Relax conv2d call we can replace (else None)."""
+    """The spec and constant weight of a Relax conv2d call we can replace (else None): fp32, or
+    u8/s8 x s8 -> s32 (the integer convs of ``edgec.lower.qdq``)."""
     import tvm
 
     attrs = call.attrs
@@ -165,8 +171,11 @@ def _conv_spec(call) -> tuple[ConvSpec, np.ndarray] | None:
         xs = [int(d) for d in x_ty.shape]
     except (TypeError, AttributeError):
         return None  # symbolic shape
-    dtype = str(x_ty.dtype)
-    if str(w_ty.dtype) != dtype or (attrs.out_dtype and str(attrs.out_dtype) not in ("", dtype)):
+    dtype, out = str(x_ty.dtype), str(attrs.out_dtype or "")
+    if dtype in ("uint8", "int8"):
+        if str(w_ty.dtype) != "int8" or out != "int32":
+            return None
+    elif str(w_ty.dtype) != dtype or out not in ("", dtype):
         return None
     weight = call.args[1].value.numpy()
     pads = tuple(int(p) for p in attrs.padding)
@@ -221,6 +230,9 @@ def rewrite(mod, assign: Assign) -> tuple[object, list[dict]]:
                                "fallback": reason})  # fmt: skip
                 return call
             spec, weight = parsed
+            data, folded = call.args[0], _fold_pad(self, call.args[0], spec)
+            if folded is not None:  # an int8 conv's zero-point padding, folded into im2win
+                data, spec = folded
             algo, option = assign(len(layers), spec)
             record = {"layer": len(layers), "spec": spec, "algo": algo, "option": option,
                       "_weight": weight}  # fmt: skip
@@ -230,13 +242,35 @@ def rewrite(mod, assign: Assign) -> tuple[object, list[dict]]:
                 record.update(algo="direct", option=None, fallback=reason)
             if record["algo"] == "direct":
                 return call
-            return _emit(self.builder_, algo, option, call.args[0], weight, spec)
+            return _emit(self.builder_, algo, option, data, weight, spec)
 
     rewriter = Rewriter(mod)
     for gv, func in list(mod.functions.items()):
         if isinstance(func, relax.Function):
             rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
     return rewriter.builder_.get(), layers
+
+
+def _fold_pad(mutator, data, spec: ConvSpec):
+    """An integer conv without padding that reads ``nn.pad(x)`` (spatial, constant: how
+    ``qdq`` pads with the zero point): ``(x, spec with those pads and that value)``, else None.
+    Only the algorithm that folds padding into its input transform uses it (im2win)."""
+    import tvm
+
+    if not spec.integer or any(spec.pads):
+        return None
+    pad = mutator.lookup_binding(data) if isinstance(data, tvm.relax.Var) else None
+    if not (isinstance(pad, tvm.relax.Call) and getattr(pad.op, "name", "") == "relax.nn.pad"):
+        return None
+    widths = [int(v) for v in pad.attrs.pad_width]
+    if str(pad.attrs.pad_mode) != "constant" or len(widths) != 8 or any(widths[:4]):
+        return None
+    x = pad.args[0]
+    top, bottom, left, right = widths[4:]
+    return x, dataclasses.replace(
+        spec, h=spec.h - top - bottom, w=spec.w - left - right, pads=(top, left, bottom, right),
+        pad_value=int(float(pad.attrs.pad_value)),
+    )  # fmt: skip
 
 
 def parse(conv_algo: str) -> tuple[str, object]:

@@ -35,7 +35,7 @@ def _padded(x, spec: ConvSpec, n, c, hh, ww):
     top, left = spec.pads[0], spec.pads[1]
     h, w = hh - top, ww - left
     inside = tirx.all(h >= 0, h < spec.h, w >= 0, w < spec.w)
-    return tirx.if_then_else(inside, x[n, c, h, w], tirx.const(0, x.dtype))
+    return tirx.if_then_else(inside, x[n, c, h, w], tirx.const(spec.pad_value, x.dtype))
 
 
 def relax_parts(spec: ConvSpec, weight: np.ndarray, layout=None):
@@ -47,7 +47,8 @@ def relax_parts(spec: ConvSpec, weight: np.ndarray, layout=None):
         packed = np.ascontiguousarray(weight.transpose(0, 3, 2, 1))
     else:  # -> [O, C/g, KW, KH]
         packed = np.ascontiguousarray(weight.transpose(0, 1, 3, 2))
-    return packed, lambda x, w: compute(x, w, spec, layout)
+    out_dtype = "int32" if spec.integer else None
+    return packed, lambda x, w: compute(x, w, spec, layout, out_dtype)
 
 
 def compute(x, w, spec: ConvSpec, layout: str = "nhwc", out_dtype: str | None = None):
@@ -209,11 +210,13 @@ def integer_kernel(spec: ConvSpec, layout: str = "nhwc", knobs: dict | None = No
                    lanes: int = 16, target: dict | None = None):  # fmt: skip
     """im2win for int8 x int8 -> int32, scheduled by the CPU template and built on its own:
     ``(x int8 [N,C,H,W], w int8 packed as ``relax_parts`` packs it, y int32 [N,O,Ho,Wo])``.
-    The Relax wiring (QDQ graphs, the requantization epilogue) belongs to the int8 pipeline."""
+    In a model, ``conv_algos`` puts it in place of the integer convs of ``edgec.lower.qdq``
+    (u8 x s8, zero-point padding folded in, requantization fused as the epilogue)."""
     import tvm
     from tvm import te
 
-    x = te.placeholder((spec.n, spec.cin, spec.h, spec.w), "int8", name="x")
+    dtype = spec.dtype if spec.integer else "int8"
+    x = te.placeholder((spec.n, spec.cin, spec.h, spec.w), dtype, name="x")
     shape = (spec.cout, spec.kw, spec.kh, spec.cg) if layout == "nhwc" else (
         spec.cout, spec.cg, spec.kw, spec.kh)  # fmt: skip
     w = te.placeholder(shape, "int8", name="w")

@@ -272,7 +272,7 @@ def _is_float(expr) -> bool:
 _ANCHORS = ("relax.nn.conv2d", "relax.matmul", "relax.nn.conv2d_transpose")
 _LAYOUT_OPS = (
     "relax.reshape", "relax.permute_dims", "relax.strided_slice", "relax.squeeze",
-    "relax.expand_dims", "relax.flatten",
+    "relax.expand_dims", "relax.flatten", "relax.take",
 )  # fmt: skip
 
 
@@ -313,6 +313,12 @@ class _Rewriter:
     def _binding(self, b):
         self.orig[b.var] = b.value
         new = None
+        if self._op(b.value) == "relax.shape_of":  # of the integer tensor: no float kept alive
+            inner = self._value(b.value.args[0])
+            if self._op(inner) == "relax.dequantize":
+                new = self.bb.emit(self.R.shape_of(self._sub(inner.args[0])))
+                self.origin[new] = b.var
+                return new
         if self._op(b.value) == "relax.quantize":
             try:
                 new = self._quantize(b.value)
@@ -574,18 +580,40 @@ class _Rewriter:
                 except Decline:
                     if self._const(y.args[1 - i]) is not None:
                         raise
-        qa, qb = self._qin(y.args[0]), self._qin(y.args[1])
-        terms = [
-            (self._centered(qa), qa.scale_scalar / out.scale_scalar),
-            (self._centered(qb), qb.scale_scalar / out.scale_scalar),
-        ]
+        terms = [self._term(y.args[0], out), self._term(y.args[1], out)]
         return self._requant(terms, out.zp_scalar, out.dtype, lo, hi)
+
+    def _term(self, expr, out: QTensor):
+        """An addend as (int32 expr, real multiplier to ``out``): a quantized activation
+        centred on its zero point, or a constant (a position embedding) as integers: its own
+        codes if it is a per-tensor dequantized constant, else quantized at compile time to
+        16 bits (the sum is exact up to that rounding)."""
+        value = self._const(expr)
+        if value is None:
+            q = self._qin(expr)
+            return self._centered(q), q.scale_scalar / out.scale_scalar
+        dq = self._value(expr)
+        q = self._qconst(dq) if self._op(dq) == "relax.dequantize" else None
+        if q is not None and q.per_tensor:
+            ints, scale = q.data.astype(np.int64) - q.zp_scalar, q.scale_scalar
+        else:
+            scale = float(np.abs(value).max()) / 32767 or 1.0
+            ints = np.round(value.astype(np.float64) / scale).astype(np.int64)
+        return self._c(ints, "int32"), scale / out.scale_scalar
 
     def _concat(self, y, out: QTensor, lo=None, hi=None):
         fields = self._value(y.args[0])
         if not isinstance(fields, self.relax.Tuple):
             raise Decline("concat of a non-tuple")
-        parts = [self._identity(self._qin(f), out) for f in fields.fields]
+        parts = []
+        for f in fields.fields:
+            value = self._const(f)  # a constant part (a class token): quantized at compile time
+            if value is None:
+                parts.append(self._identity(self._qin(f), out))
+                continue
+            qmin, qmax = QRANGE[out.dtype]
+            codes = np.clip(np.round(value / out.scale_scalar) + out.zp_scalar, qmin, qmax)
+            parts.append(self._c(codes, out.dtype))
         return self._emit(self.R.concat(parts, axis=int(y.attrs.axis)))
 
     def _max_pool(self, y, out: QTensor, lo=None, hi=None):

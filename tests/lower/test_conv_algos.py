@@ -166,6 +166,102 @@ def test_im2win_int8_is_exact(spec: ConvSpec, layout: str):
     np.testing.assert_array_equal(y.numpy(), want)
 
 
+# one QDQ conv (u8/s8 activations, per-channel s8 weights, int32 bias): k, stride, pads, dilation,
+# groups. The input is already quantized, so the compiled model is integer end to end.
+QDQ_CASES = [
+    (3, (1, 1), (1, 1, 1, 1), 1, 1),
+    (3, (2, 2), A, 1, 1),
+    (5, (1, 1), (2, 1, 2, 3), 1, 2),
+    (7, (2, 2), (3, 3, 3, 3), 1, 1),
+    (3, (1, 1), (2, 2, 2, 2), 2, 1),
+    (1, (2, 2), (0, 0, 0, 0), 1, 1),
+    (3, (1, 1), (1, 1, 1, 1), 1, 16),  # depthwise: stays direct
+]
+
+
+def _qdq_conv(case, act: str):
+    """(model, quantized input, expected output) for a QDQ conv: the expected output is the
+    integer arithmetic of edgec.lower.qdq in numpy (exact int64 conv of x - zx, dyadic
+    requantization), so any kernel must match it bit for bit."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgec.lower import qdq
+
+    k, stride, pads, dil, groups = case
+    c, f, hw = 16, 16 if groups == 16 else 32, (11, 13)
+    spec = ConvSpec(1, c, *hw, f, k, k, stride=stride, pads=pads, dilation=(dil, dil),
+                    groups=groups)  # fmt: skip
+    rng = np.random.default_rng([7, k, *stride, *pads, dil, groups, len(act)])
+    lo, hi = qdq.QRANGE[act]
+    x = rng.integers(lo, hi + 1, (1, c, *hw)).astype(act)
+    zx = int(rng.integers(100, 150)) if act == "uint8" else int(rng.integers(-10, 10))
+    w = rng.integers(-127, 128, (f, c // groups, k, k)).astype(np.int8)
+    sx, sw = 0.02, rng.uniform(0.001, 0.01, f).astype(np.float32)
+    b = rng.integers(-3000, 3000, f).astype(np.int32)
+    acc = conv_algos.reference_conv(x.astype(np.int64) - zx, w, spec) + b.reshape(1, -1, 1, 1)
+    real = acc * (sx * sw.astype(np.float64)).reshape(1, -1, 1, 1)
+    if act == "uint8":
+        so = float(real.max() - min(real.min(), 0)) / 255
+        zo = int(np.clip(round(-min(real.min(), 0) / so), 0, 255))
+    else:
+        so, zo = float(np.abs(real).max()) / 127, 0
+    ty = {"uint8": TensorProto.UINT8, "int8": TensorProto.INT8}[act]
+    nodes = [
+        helper.make_node("DequantizeLinear", ["x", "sx", "zx"], ["xf"]),
+        helper.make_node("DequantizeLinear", ["w", "sw", "zw"], ["wf"], axis=0),
+        helper.make_node("DequantizeLinear", ["b", "bs", "bz"], ["bf"], axis=0),
+        helper.make_node("Conv", ["xf", "wf", "bf"], ["yf"], kernel_shape=[k, k], pads=
+                         [pads[0], pads[1], pads[2], pads[3]], strides=list(stride),
+                         dilations=[dil, dil], group=groups),  # fmt: skip
+        helper.make_node("Relu", ["yf"], ["yr"]),
+        helper.make_node("QuantizeLinear", ["yr", "so", "zo"], ["y"]),
+    ]
+    inits = {
+        "sx": np.array(sx, np.float32), "zx": np.array(zx, act), "w": w, "sw": sw,
+        "zw": np.zeros(f, np.int8), "b": b, "bs": (np.float32(sx) * sw).astype(np.float32),
+        "bz": np.zeros(f, np.int32), "so": np.array(so, np.float32), "zo": np.array(zo, act),
+    }  # fmt: skip
+    graph = helper.make_graph(
+        nodes, "q", [helper.make_tensor_value_info("x", ty, list(x.shape))],
+        [helper.make_tensor_value_info("y", ty, [1, f, spec.ho, spec.wo])],
+        [numpy_helper.from_array(v, name) for name, v in inits.items()],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10
+    mult = np.float64(np.float32(sx)) * sw.astype(np.float64) / np.float64(np.float32(so))
+    lo_q = zo  # relu: codes below the zero point clamp to it
+    want = qdq.requantize_ref([(acc, mult.reshape(1, -1, 1, 1))], zo, act, lo=lo_q)
+    return model, x, want
+
+
+@pytest.mark.parametrize("act", ["uint8", "int8"])
+@pytest.mark.parametrize("case", QDQ_CASES, ids=lambda c: "k{}s{}p{}d{}g{}".format(
+    c[0], c[1][0], "".join(map(str, c[2])), c[3], c[4]))  # fmt: skip
+def test_im2win_int8_in_a_qdq_model(case, act: str, tmp_path: Path):
+    """``--conv-algo im2win`` on an int8 model: the integer conv of edgec.lower.qdq becomes
+    an im2win kernel (u8 x s8 -> s32, the zero-point padding folded into the window copy, the
+    requantization fused as its epilogue), bit-exact with numpy's integer arithmetic."""
+    model, x, want = _qdq_conv(case, act)
+    plans: list = []
+    target = _target()
+    ex, records = lower.build(model, target, THREADS, integer_only=True, conv_algo="im2win",
+                              conv_plan=plans)  # fmt: skip
+    lower.export(ex, tmp_path / "model.so", target)
+    got = lower.Runtime(tmp_path / "model.so", THREADS).run([x])[0]
+    np.testing.assert_array_equal(got, want)
+    assert len(np.unique(got)) > 20
+    (layer,) = plans[0].layers
+    if case[4] == 16:
+        assert layer["algo"] == "direct" and "depthwise" in layer["fallback"]
+        return
+    assert layer["algo"] == "im2win" and layer["spec"].integer
+    assert layer["spec"].pads == case[2]  # the separate zero-point pad was folded
+    (conv,) = assert_template(records, "im2win", "im2win")
+    assert conv["conv"]["transformed_input_bytes"] == conv_algos.transformed_bytes(
+        "im2win", layer["spec"], "nhwc")["transformed_input_bytes"]  # fmt: skip
+    assert not [r for r in records if r["kernel"].startswith("pad")]  # no padded copy
+
+
 # --------------------------------------------------------------------------------------------
 # numerics of Winograd and the memory model
 

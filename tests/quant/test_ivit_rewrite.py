@@ -251,9 +251,11 @@ def test_uint8_activations():
 
 
 def test_compile_int8_applies_ivit_end_to_end(tmp_path):
-    """`edgec compile --int8` on the digits ViT: the I-ViT rewrite runs on the calibrated QDQ
-    graph, the artifact passes verification (lowering by cosine, accuracy vs fp32) and keeps
-    its top-1 on the held-out set within a point of fp32."""
+    """`edgec compile --int8 --integer-only` on the digits ViT: the I-ViT rewrite runs on the
+    calibrated QDQ graph, nothing float is left between the input quantize and the output
+    dequantize (the q/k/v gathers, the class-token concat and the position-embedding add are
+    integer too), the artifact passes verification (lowering by cosine, accuracy vs fp32) and
+    keeps its top-1 on the held-out set within a point of fp32."""
     import edgec
 
     data = np.load(DATA / "ivit_digits.npz")
@@ -261,8 +263,11 @@ def test_compile_int8_applies_ivit_end_to_end(tmp_path):
     np.savez(tmp_path / "calib.npz", input=(data["x_calib"][:, None] / 16.0).astype(np.float32))
     fp32 = onnx.load(DATA / "ivit_digits.onnx")
     result = edgec.compile(DATA / "ivit_digits.onnx", tmp_path / "out", int8=True,
-                           calib=tmp_path / "calib.npz", bench=False)  # fmt: skip
+                           calib=tmp_path / "calib.npz", bench=False, integer_only=True)  # fmt: skip
     report = result.report
+    assert report["int8"]["float_ops"] == []
+    lowered = report["int8"]["integer_op_kinds"]
+    assert lowered["take"] == 7 and lowered["concat"] == 1, lowered
     entry = report["ivit"]
     assert entry["status"] == "applied", entry
     assert entry["stats"]["Shiftmax"] == 2 and entry["stats"]["ShiftGELU"] == 2
