@@ -26,6 +26,7 @@ import numpy as np
 import onnx
 
 from edgec import api, models, verify
+from edgec.quant import quantize_qdq
 from edgec.report import latency
 
 DEFAULT = "resnet18,mobilenetv2"
@@ -33,29 +34,12 @@ DEFAULT = "resnet18,mobilenetv2"
 
 def quantize(source: Path, out: Path, samples: int, activation: str = "uint8") -> Path:
     """The QDQ model of ``source``, calibrated (minmax) on ``samples`` synthetic inputs."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )  # fmt: skip
-
     model = onnx.load(source)
     name = model.graph.input[0].name
     shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
     rng = np.random.default_rng(0)
     data = [{name: rng.standard_normal(shape).astype(np.float32)} for _ in range(samples)]
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = iter(data)
-
-        def get_next(self):
-            return next(self.it, None)
-
-    act = QuantType.QUInt8 if activation == "uint8" else QuantType.QInt8
-    quantize_static(str(source), str(out), Reader(), quant_format=QuantFormat.QDQ,
-                    per_channel=True, activation_type=act, weight_type=QuantType.QInt8)  # fmt: skip
+    onnx.save(quantize_qdq(model, data, activation=activation), out)
     return out
 
 

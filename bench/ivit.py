@@ -27,40 +27,23 @@ import onnx
 
 def deit_qdq(calib: int, seed: int = 0) -> tuple[onnx.ModelProto, onnx.ModelProto]:
     import torch
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
 
     from edgec.models.vit import deit_tiny
+    from edgec.quant import quantize_qdq
 
     torch.manual_seed(seed)
     model = deit_tiny().eval()
     rng = np.random.default_rng(seed)
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = iter(
-                {"input": rng.standard_normal((1, 3, 224, 224)).astype(np.float32)}
-                for _ in range(calib)
-            )
-
-        def get_next(self):
-            return next(self.it, None)
-
+    samples = [{"input": rng.standard_normal((1, 3, 224, 224)).astype(np.float32)}
+               for _ in range(calib)]  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
-        src, dst = Path(tmp) / "deit.onnx", Path(tmp) / "deit_qdq.onnx"
+        src = Path(tmp) / "deit.onnx"
         torch.onnx.export(
             model, (torch.zeros(1, 3, 224, 224),), str(src), opset_version=17, dynamo=False,
             input_names=["input"], output_names=["output"],
         )  # fmt: skip
-        quantize_static(
-            str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-        )  # fmt: skip
-        return onnx.load(src), onnx.load(dst)
+        fp32 = onnx.load(src)
+    return fp32, quantize_qdq(fp32, samples, activation="int8")
 
 
 def _cos(a: np.ndarray, b: np.ndarray) -> float:

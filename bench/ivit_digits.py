@@ -80,30 +80,10 @@ def images(x: np.ndarray) -> np.ndarray:
 
 def quantize(model: onnx.ModelProto, calib: np.ndarray) -> onnx.ModelProto:
     """int8 QDQ by onnxruntime's quantize_static (per-channel weights, MinMax calibration)."""
-    import tempfile
+    from edgec.quant import quantize_qdq
 
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = iter({"input": images(calib[i : i + 1])} for i in range(len(calib)))
-
-        def get_next(self):
-            return next(self.it, None)
-
-    with tempfile.TemporaryDirectory() as tmp:
-        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "qdq.onnx"
-        onnx.save(model, src)
-        quantize_static(
-            str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-        )  # fmt: skip
-        return onnx.load(dst)
+    samples = ({"input": images(calib[i : i + 1])} for i in range(len(calib)))
+    return quantize_qdq(model, samples, activation="int8")
 
 
 def _runner(session):

@@ -37,6 +37,16 @@ STREAM_N = 1 << 24  # floats per array of the bandwidth probe: 3 x 64 MiB, far b
 BANDWIDTH_VERSION = 1
 
 
+def _native(threads: int):
+    """(threads, vector lanes, TVM target) of this machine's edgec target, with TVM's thread pool
+    sized to ``threads`` (0: all the cores this process may use)."""
+    target = targets.get("x86_64") if platform.machine() == "x86_64" else None
+    if target is None:
+        raise RuntimeError(f"no native edgec target for {platform.machine()}")
+    threads = set_threads(threads)
+    return threads, vector_lanes(target), _tvm().target.Target(target_json(target, threads))
+
+
 def _candidates(lanes: int) -> list[dict]:
     """Register blocks of mb rows x nb columns (accumulators: mb * nb / lanes vector registers,
     kept within the register file: 16 ymm with AVX2, 32 zmm with AVX-512)."""
@@ -70,12 +80,7 @@ def measure_peak(threads: int) -> dict:
 
     tvm = _tvm()
     start = time.perf_counter()
-    target = targets.get("x86_64") if platform.machine() == "x86_64" else None
-    if target is None:
-        raise RuntimeError(f"no native edgec target for {platform.machine()}")
-    threads = set_threads(threads)
-    lanes = vector_lanes(target)
-    tgt = tvm.target.Target(target_json(target, threads))
+    threads, lanes, tgt = _native(threads)
     func = _matmul_func()
     template = Matmul()
     info = {**template.match(func), "constants": set()}
@@ -186,11 +191,7 @@ def measure_bandwidth(threads: int) -> dict:
 
     tvm = _tvm()
     start = time.perf_counter()
-    target = targets.get("x86_64") if platform.machine() == "x86_64" else None
-    if target is None:
-        raise RuntimeError(f"no native edgec target for {platform.machine()}")
-    threads = set_threads(threads)
-    lanes = vector_lanes(target)
+    threads, lanes, tgt = _native(threads)
     a = te.placeholder((STREAM_N,), "float32", "A")
     b = te.placeholder((STREAM_N,), "float32", "B")
     c = te.compute((STREAM_N,), lambda i: a[i] + b[i], "add")
@@ -201,7 +202,7 @@ def measure_bandwidth(threads: int) -> dict:
     _, vec = sch.split(inner, [None, lanes])
     sch.vectorize(vec)
     mod = tvm.IRModule({"main": sch.mod["main"].with_attr("global_symbol", "main")})
-    lib = tvm.tirx.build(mod, target=tvm.target.Target(target_json(target, threads)))
+    lib = tvm.tirx.build(mod, target=tgt)
     dev = tvm.cpu(0)
     rng = np.random.default_rng(0)
     args = [

@@ -16,7 +16,7 @@ import dataclasses
 import io
 import logging
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,7 @@ from edgec.errors import InvalidInputError
 from edgec.frontend import TensorSpec
 from edgec.quant import accuracy, calibrate, mixed
 
-__all__ = ["AUTO", "Int8Options", "QuantResult", "quantize", "quantize_static"]
+__all__ = ["AUTO", "Int8Options", "QuantResult", "quantize", "quantize_qdq"]
 
 Log = Callable[[str], None]
 AUTO = "auto"
@@ -137,7 +137,7 @@ def quantize(
     layers = weight_layers(model)
     with tempfile.TemporaryDirectory(prefix="edgec-quant-") as tmp:
         quantizer = _Quantizer(model, calib_set.samples, options.calib_method, overrides,
-                               Path(tmp), log)  # fmt: skip
+                               Path(tmp) / "calibration.json", log)  # fmt: skip
         if options.keep_float == AUTO:
             exclude, section["mixed_precision"] = mixed.choose(
                 model, quantizer, samples, reference, latency=layer_latency, log=log
@@ -236,56 +236,63 @@ def _repq_vit(
 
 
 class _Quantizer:
-    """quantize_static with the calibration done once: later calls (other --keep-float sets)
+    """:func:`quantize_qdq` with the calibration done once: later calls (other --keep-float sets)
     reuse the calibration cache."""
 
-    def __init__(self, model, samples, method: str, overrides: dict, tmp: Path, log: Log):
+    def __init__(self, model, samples, method: str, overrides: dict, cache: Path, log: Log):
         self.model, self.samples, self.method = model, samples, method
-        self.overrides, self.tmp, self.log = overrides, tmp, log
-        self.cache = tmp / "calibration.json"
-        self.calls = 0
+        self.overrides, self.cache, self.log = overrides, cache, log
 
     def __call__(self, exclude: Sequence[str] = (), include: Sequence[str] | None = None):
-        self.calls += 1
-        first = not self.cache.exists()
-        reader = calibrate.reader(self.samples, self.log if first else lambda _: None)
-        out = self.tmp / f"q{self.calls}.onnx"
-        quantize_static(self.model, out, reader, method=self.method, exclude=exclude,
-                        include=include, overrides=self.overrides,
-                        cache=self.cache)  # fmt: skip
-        return onnx.load(out)
+        log = self.log if not self.cache.exists() else lambda _: None
+        return quantize_qdq(self.model, self.samples, method=self.method, exclude=exclude,
+                            include=include, overrides=self.overrides, cache=self.cache,
+                            log=log)  # fmt: skip
 
 
-def quantize_static(
+def quantize_qdq(
     model: onnx.ModelProto,
-    out: Path,
-    reader,
+    samples: Iterable[Mapping[str, np.ndarray]],
     *,
+    activation: str = "uint8",
     method: str = "minmax",
     exclude: Sequence[str] = (),
     include: Sequence[str] | None = None,
     overrides: Mapping | None = None,
     cache: Path | None = None,
-) -> None:
-    """onnxruntime's quantize_static with edgec's settings (QDQ, u8 activations, s8 per-channel
-    symmetric weights)."""
+    log: Log = lambda _: None,
+) -> onnx.ModelProto:
+    """The QDQ model of ``model`` by onnxruntime's quantize_static, calibrated on ``samples``
+    (input name -> array) with ``method`` (``--calib-method``): ``activation`` ("uint8", edgec's
+    --int8, or "int8") asymmetric per-tensor activations, int8 symmetric per-channel weights.
+
+    ``exclude`` / ``include``: node names kept float / the only ones quantized; ``overrides``:
+    its ``TensorQuantOverrides`` pin tensors' scales; ``cache``: a calibration cache file
+    (written on the first call, reused by later ones: then ``samples`` are not run).
+    """
     from onnxruntime.quantization import QuantFormat, QuantType
     from onnxruntime.quantization import quantize_static as ort_quantize_static
 
+    activations = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+    if activation not in activations:
+        raise ValueError(f"activation must be one of {', '.join(activations)}, not {activation!r}")
     calib_method, extra = calibrate.method(method)
     extra = dict(extra)
     if overrides and overrides.get("TensorQuantOverrides"):
         extra["TensorQuantOverrides"] = overrides["TensorQuantOverrides"]
+    reader = calibrate.reader(list(samples), log)
     # quantize_static saves a ModelProto with external data in place: give it a copy
     model = onnx.ModelProto.FromString(model.SerializeToString())
-    with _quiet_ort():
+    with tempfile.TemporaryDirectory(prefix="edgec-quant-") as tmp, _quiet_ort():
+        out = Path(tmp) / "qdq.onnx"
         ort_quantize_static(
             model, str(out), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            activation_type=activations[activation], weight_type=QuantType.QInt8,
             calibrate_method=calib_method, nodes_to_exclude=list(exclude),
             nodes_to_quantize=list(include) if include else None, extra_options=extra,
             calibration_cache_path=cache,
         )  # fmt: skip
+        return onnx.load(out)
 
 
 @contextlib.contextmanager

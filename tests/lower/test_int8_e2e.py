@@ -16,6 +16,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgec import api, verify
+from edgec.quant import quantize_qdq
 from tests.conftest import RNG_SEED
 
 SHAPE = (1, 8, 16, 16)
@@ -61,26 +62,12 @@ def small_cnn() -> onnx.ModelProto:
 
 
 def quantize(model: onnx.ModelProto, path, activation: str) -> onnx.ModelProto:
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )  # fmt: skip
-
-    src = path.with_suffix(".f32.onnx")
-    onnx.save(model, src)
+    """The QDQ model of ``model`` (MinMax on 8 N(0, 1) samples), also saved to ``path``."""
     rng = np.random.default_rng(RNG_SEED + 1)
-    data = iter([{"x": rng.standard_normal(SHAPE).astype(np.float32)} for _ in range(8)])
-
-    class Reader(CalibrationDataReader):
-        def get_next(self):
-            return next(data, None)
-
-    act = QuantType.QUInt8 if activation == "uint8" else QuantType.QInt8
-    quantize_static(str(src), str(path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=act, weight_type=QuantType.QInt8)  # fmt: skip
-    return onnx.load(path)
+    samples = [{"x": rng.standard_normal(SHAPE).astype(np.float32)} for _ in range(8)]
+    qdq = quantize_qdq(model, samples, activation=activation)
+    onnx.save(qdq, path)
+    return qdq
 
 
 def _quantum(model: onnx.ModelProto) -> float:

@@ -4,7 +4,6 @@ and the tiny digits ViT keeps its top-1 within a point of fp32."""
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,7 @@ import onnx
 import pytest
 
 from edgec import verify
-from edgec.quant import ivit
+from edgec.quant import ivit, quantize_qdq
 from tests.conftest import make_model
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -21,29 +20,7 @@ DATA = Path(__file__).resolve().parents[1] / "data"
 def quantize(model: onnx.ModelProto, feeds: list[dict], unsigned: bool = False) -> onnx.ModelProto:
     """int8 QDQ as onnxruntime's quantize_static makes it (MinMax, per-channel weights);
     ``unsigned``: uint8 activations with zero points (onnxruntime's default)."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = iter(feeds)
-
-        def get_next(self):
-            return next(self.it, None)
-
-    with tempfile.TemporaryDirectory() as tmp:
-        src, dst = Path(tmp) / "f.onnx", Path(tmp) / "q.onnx"
-        onnx.save(model, src)
-        quantize_static(
-            str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QUInt8 if unsigned else QuantType.QInt8,
-            weight_type=QuantType.QInt8,
-        )  # fmt: skip
-        return onnx.load(dst)
+    return quantize_qdq(model, feeds, activation="uint8" if unsigned else "int8")
 
 
 def images(x: np.ndarray) -> np.ndarray:
