@@ -107,8 +107,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--budget", type=float, default=None, help="search budget, seconds")
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--budget-timing", type=float, default=20.0)
-    ap.add_argument("--integer-only", action="store_true",
-                    help="compile the QDQ model with --integer-only (no float op may remain)")
+    ap.add_argument(
+        "--integer-only",
+        action="store_true",
+        help="compile the QDQ model with --integer-only (no float op may remain)",
+    )
     ap.add_argument("--workdir", type=Path, help="keep models/artifacts here")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)

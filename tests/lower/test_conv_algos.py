@@ -210,9 +210,16 @@ def _qdq_conv(case, act: str):
         helper.make_node("DequantizeLinear", ["x", "sx", "zx"], ["xf"]),
         helper.make_node("DequantizeLinear", ["w", "sw", "zw"], ["wf"], axis=0),
         helper.make_node("DequantizeLinear", ["b", "bs", "bz"], ["bf"], axis=0),
-        helper.make_node("Conv", ["xf", "wf", "bf"], ["yf"], kernel_shape=[k, k], pads=
-                         [pads[0], pads[1], pads[2], pads[3]], strides=list(stride),
-                         dilations=[dil, dil], group=groups),  # fmt: skip
+        helper.make_node(
+            "Conv",
+            ["xf", "wf", "bf"],
+            ["yf"],
+            kernel_shape=[k, k],
+            pads=[pads[0], pads[1], pads[2], pads[3]],
+            strides=list(stride),
+            dilations=[dil, dil],
+            group=groups,
+        ),  # fmt: skip
         helper.make_node("Relu", ["yf"], ["yr"]),
         helper.make_node("QuantizeLinear", ["yr", "so", "zo"], ["y"]),
     ]

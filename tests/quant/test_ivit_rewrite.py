@@ -240,7 +240,8 @@ def test_compile_int8_applies_ivit_end_to_end(tmp_path):
     np.savez(tmp_path / "calib.npz", input=(data["x_calib"][:, None] / 16.0).astype(np.float32))
     fp32 = onnx.load(DATA / "ivit_digits.onnx")
     result = edgec.compile(DATA / "ivit_digits.onnx", tmp_path / "out", int8=True,
-                           calib=tmp_path / "calib.npz", bench=False, integer_only=True)  # fmt: skip
+                           calib=tmp_path / "calib.npz", bench=False,
+                           integer_only=True)  # fmt: skip
     report = result.report
     assert report["int8"]["float_ops"] == []
     lowered = report["int8"]["integer_op_kinds"]
