@@ -241,7 +241,12 @@ def rewrite(mod, assign: Assign) -> tuple[object, list[dict]]:
             if reason is not None:
                 record.update(algo="direct", option=None, fallback=reason)
             if record["algo"] == "direct":
-                return call
+                if folded is None:
+                    return call
+                return self.builder_.call_te(
+                    lambda x, w: direct_compute(x, w, spec), data, relax.const(weight, "int8"),
+                    primfunc_name_hint="conv2d", primfunc_attrs={"op_pattern": OUT_EWISE_FUSABLE},
+                )  # fmt: skip
             return _emit(self.builder_, algo, option, data, weight, spec)
 
     rewriter = Rewriter(mod)
@@ -251,10 +256,44 @@ def rewrite(mod, assign: Assign) -> tuple[object, list[dict]]:
     return rewriter.builder_.get(), layers
 
 
+def direct_compute(x, w, spec: ConvSpec):
+    """The direct integer convolution with its (zero-point) padding in the same function: the
+    int8 templates inline it into their input copy instead of a separate padded tensor."""
+    from tvm import te, tirx
+
+    top, left = spec.pads[0], spec.pads[1]
+    (sh, sw), (dh, dw) = spec.stride, spec.dilation
+
+    def padded(n, c, hh, ww):
+        h, w_ = hh - top, ww - left
+        inside = tirx.all(h >= 0, h < spec.h, w_ >= 0, w_ < spec.w)
+        return tirx.if_then_else(inside, x[n, c, h, w_], tirx.const(spec.pad_value, x.dtype))
+
+    shape = (spec.n, spec.cin, spec.h + top + spec.pads[2], spec.w + left + spec.pads[3])
+    pad = te.compute(shape, padded, name="pad_temp")
+    c = te.reduce_axis((0, spec.cg), "rc")
+    r = te.reduce_axis((0, spec.kh), "ry")
+    q = te.reduce_axis((0, spec.kw), "rx")
+
+    def group(o):
+        return o // spec.og * spec.cg if spec.groups > 1 else 0
+
+    return te.compute(
+        (spec.n, spec.cout, spec.ho, spec.wo),
+        lambda n, o, i, j: te.sum(
+            pad[n, group(o) + c, i * sh + r * dh, j * sw + q * dw].astype("int32")
+            * w[o, c, r, q].astype("int32"),
+            axis=[c, r, q],
+        ),
+        name="conv2d_nchw",
+    )
+
+
 def _fold_pad(mutator, data, spec: ConvSpec):
     """An integer conv without padding that reads ``nn.pad(x)`` (spatial, constant: how
     ``qdq`` pads with the zero point): ``(x, spec with those pads and that value)``, else None.
-    Only the algorithm that folds padding into its input transform uses it (im2win)."""
+    The padding then goes into the conv's own function (im2win's window copy, the direct
+    kernels' input copy): no padded tensor between kernels."""
     import tvm
 
     if not spec.integer or any(spec.pads):

@@ -143,12 +143,29 @@ def test_integer_only_cli_exit_code(tmp_path, cli):
 
 
 def test_search_with_conv_algorithms_on_a_qdq_model(tmp_path):
-    """`--search fast` (conv algorithms on auto) on a QDQ model: the int8 convs are not fp32
-    layers the algorithms rewrite; they stay direct and the compile succeeds."""
+    """`--search fast` (conv algorithms on auto) on a QDQ model: each int8 conv layer is timed
+    as direct and as im2win (nhwc and nchw windows) and takes the fastest; the other
+    algorithms are fp32 only and say so; the compile succeeds and verifies."""
     quantize(small_cnn(), tmp_path / "cnn.onnx", "uint8")
     result = api.compile(tmp_path / "cnn.onnx", tmp_path / "out", bench=False, threads=2,
-                         search="fast", search_budget_s=5, tuning_db=tmp_path / "t.db")  # fmt: skip
+                         search="fast", search_budget_s=30, tuning_db=tmp_path / "t.db")  # fmt: skip
     report = result.report
     assert report["precision"] == "int8" and report["verification"]["passed"]
     assert report["search"]["mode"] == "fast"
-    assert set(report["conv_algos"]["chosen"]) <= {"direct"}
+    assert set(report["conv_algos"]["chosen"]) <= {"direct", "im2win"}
+    convs = [k["conv"] for k in report["kernels"] if "conv" in k]
+    dense = [c for c in convs if c.get("tried")]
+    assert dense, convs
+    complete = 0  # layers with every candidate timed within the budget
+    for conv in dense:
+        tried = {(t["algo"], t.get("option")): t for t in conv["tried"]}
+        if " g16 " in conv["shape"]:  # depthwise: direct only
+            assert set(tried) == {("direct", None)} and conv["algorithm"] == "direct"
+            continue
+        assert set(tried) == {("direct", None), ("im2win", "nhwc"), ("im2win", "nchw")}, conv
+        timed = [t for t in tried.values() if t["ms"] is not None]
+        best = min(timed, key=lambda t: t["ms"]) if timed else {"algo": "direct"}
+        assert conv["algorithm"] == best["algo"]
+        complete += len(timed) == 3
+        assert tried["im2win", "nhwc"]["transformed_input_bytes"] > 0  # int8: 1 byte each
+    assert complete >= 1
