@@ -82,14 +82,16 @@ class Int8ConvSdot:
     name = "int8_conv2d_sdot"
 
     def match(self, func: tirx.PrimFunc) -> dict:
+        arm64, sdot = _arm64()
+        if not arm64:
+            raise _sched().NotMine("not an arm64 target")
         info = _sched().Conv2d().match(func)
         sch = s_tir.Schedule(func)
         conv = _sched()._blocks(sch)[info["anchor"]]
         data, weight = conv["reads"]
         dtypes = (str(data.dtype), str(weight.dtype), str(conv["writes"].dtype))
-        arm64, sdot = _arm64()
-        if not arm64 or dtypes[1:] != ("int8", "int32") or dtypes[0] not in ("int8", "uint8"):
-            raise _sched().NotMine("not an int8 convolution on arm64")
+        if dtypes[1:] != ("int8", "int32") or dtypes[0] not in ("int8", "uint8"):
+            raise _sched().NotMine("not an int8 convolution")
         if not sdot:
             raise _sched().Decline("no +dotprod on this arm64 target (sdot)")
         channels = int(data.shape[1])

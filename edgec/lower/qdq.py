@@ -450,7 +450,8 @@ class _Rewriter:
         if x.dtype == "int8":
             return x.data, x.zp_scalar
         R = self.R
-        shifted = self._emit(R.subtract(self._emit(R.astype(x.data, "int32")), self._c(128, "int32")))
+        wide = self._emit(R.astype(x.data, "int32"))
+        shifted = self._emit(R.subtract(wide, self._c(128, "int32")))
         return self._emit(R.astype(shifted, "int8")), x.zp_scalar - 128
 
     def _requant(self, terms, zp: int, dtype: str, lo=None, hi=None, shape_axis=None):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 
-import numpy as np
 import pytest
 
 from edgec import deploy, lower, targets
@@ -149,8 +148,29 @@ def test_signed_conv_gives_dense_convs_int8_activations(signed, monkeypatch):
         mod = qdq.lower(lower.to_relax(model), integer_only=True, signed_conv=signed)
         relax.analysis.post_order_visit(
             mod["main"],
-            lambda e: dtypes.append(str(e.args[0].ty.dtype))
-            if isinstance(e, relax.Call) and getattr(e.op, "name", "") == "relax.nn.conv2d"
-            else None,
+            lambda e: (
+                dtypes.append(str(e.args[0].ty.dtype))
+                if isinstance(e, relax.Call) and getattr(e.op, "name", "") == "relax.nn.conv2d"
+                else None
+            ),
         )
     assert dtypes == (["int8", "uint8"] if signed else ["uint8", "uint8"])
+
+
+@needs_qemu
+def test_compile_int8_for_cortex_a76_uses_sdot(tmp_path):
+    """`edgec compile model.onnx --target arm64/cortex-a76 --int8`: the dense convs on sdot,
+    the artifact verified under qemu against the QDQ model in onnxruntime."""
+    import edgec
+    from tests.quant.conftest import model_path
+
+    out = tmp_path / "out"
+    result = edgec.compile(model_path("digits_cnn"), out, target=A76, int8=True,
+                           calib="synthetic")  # fmt: skip
+    report = result.report
+    assert report["float_ops"] == [] and report["verification"]["passed"]
+    assert report["verification"]["emulated"].startswith("qemu-aarch64")
+    assert report["verification"]["scaled_err"] <= 0.05
+    convs = [k for k in report["kernels"] if "conv2d" in k["kernel"]]
+    assert len(convs) == 3 and {k["template"] for k in convs} == {"int8_conv2d_sdot"}
+    assert _sdots(out / "model.so") > 0
