@@ -225,11 +225,12 @@ def build(
     from tvm.relax import transform
     from tvm.s_tir import dlight
 
-    from edgec.lower import qdq, schedules
+    from edgec.lower import int8_arm, qdq, schedules
 
     with qdq.onnx_node_names() as names:
         mod = to_relax(model)
-    mod = qdq.lower(mod, integer_only, quant, names)
+    signed = int8_arm.has_sdot(target_json(target, threads))  # int8 activations for sdot
+    mod = qdq.lower(mod, integer_only, quant, names, signed_conv=signed)
     tgt = tvm.target.Target(target_json(target, threads))
     if target.device != "cpu":  # GPU: dlight's default schedules (edgec.lower.gpu)
         from edgec.lower import gpu

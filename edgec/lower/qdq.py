@@ -6,7 +6,9 @@ fake quantization: ``dequantize -> float conv -> quantize``. ``lower_qdq`` rewri
 
 * conv2d / matmul (Gemm) with constant int8 weights (zero point 0, per-channel or per-tensor
   scale): the activation (uint8, or int8 moved to uint8 by +128) padded with its zero point,
-  uint8 x int8 -> int32 accumulation, then ``acc - zx * sum(w) + bias`` with the bias in int32;
+  uint8 x int8 -> int32 accumulation, then ``acc - zx * sum(w) + bias`` with the bias in int32
+  (``signed_conv``, arm64 sdot targets: dense convs take the activation as int8, uint8 ones
+  moved by -128, for ``edgec.lower.int8_arm``: int8 x int8, the same integer result);
 * conv2d_transpose (ConvTranspose) as a plain int32 transposed convolution of ``x - zx``, and
   matmul of two quantized activations (attention) as an int32 matmul of ``a - za``, ``b - zb``;
 * add, concat, max/avg pooling, global average pooling (mean), relu/clip, and layout ops
@@ -164,16 +166,17 @@ def onnx_node_names():
         cls._construct_nodes = original
 
 
-def lower_qdq(mod, names: dict | None = None) -> Result:
+def lower_qdq(mod, names: dict | None = None, signed_conv: bool = False) -> Result:
     """Rewrite ``mod['main']`` (straight from the ONNX importer: weights still constant
     ``dequantize`` calls, nothing folded) into integer ops wherever they have an integer form.
-    ``names`` ({original var: ONNX node}, from ``onnx_node_names``) names the float ops."""
+    ``names`` ({original var: ONNX node}, from ``onnx_node_names``) names the float ops;
+    ``signed_conv``: dense convolutions take int8 activations (sdot targets), else uint8."""
     if not has_qdq(mod):
         return Result(mod, False, [], [], [])
     tvm = _tvm()
     from tvm import relax
 
-    rw = _Rewriter(mod["main"])
+    rw = _Rewriter(mod["main"], signed_conv)
     func = rw.run()
     mod = tvm.IRModule({**{gv: f for gv, f in mod.functions.items() if gv.name_hint != "main"}})
     mod["main"] = func
@@ -188,10 +191,16 @@ def lower_qdq(mod, names: dict | None = None) -> Result:
     return Result(mod, True, rw.lowered, rw.declined, float_ops(mod["main"], nodes))
 
 
-def lower(mod, integer_only: bool = False, quant: dict | None = None, names: dict | None = None):
+def lower(
+    mod,
+    integer_only: bool = False,
+    quant: dict | None = None,
+    names: dict | None = None,
+    signed_conv: bool = False,
+):
     """``lower.build``'s hook: the rewritten module; ``quant`` receives ``Result.section()``
     (when the model holds QDQ); FloatOpsError with ``integer_only`` if float ops remain."""
-    result = lower_qdq(mod, names)
+    result = lower_qdq(mod, names, signed_conv)
     if quant is not None and result.qdq:
         quant.update(result.section())
     if integer_only:
@@ -277,12 +286,13 @@ _LAYOUT_OPS = (
 
 
 class _Rewriter:
-    def __init__(self, func):
+    def __init__(self, func, signed_conv: bool = False):
         tvm = _tvm()
         from tvm import relax
 
         self.tvm, self.relax, self.R = tvm, relax, relax.op
         self.func = func
+        self.signed_conv = signed_conv  # dense convs on int8 activations (arm64 sdot)
         self.orig: dict = {}  # original var -> its original value
         self.map: dict = {}  # original var -> new expr
         self.origin: dict = {}  # new var -> the original var it was re-emitted for
@@ -434,6 +444,15 @@ class _Rewriter:
         R = self.R
         shifted = self._emit(R.add(self._emit(R.astype(x.data, "int32")), self._c(128, "int32")))
         return self._emit(R.astype(shifted, "uint8")), x.zp_scalar + 128
+
+    def _as_s8(self, x: QTensor) -> tuple[object, int]:
+        """The activation as int8 and its zero point (uint8 - 128: the same real values)."""
+        if x.dtype == "int8":
+            return x.data, x.zp_scalar
+        R = self.R
+        wide = self._emit(R.astype(x.data, "int32"))
+        shifted = self._emit(R.subtract(wide, self._c(128, "int32")))
+        return self._emit(R.astype(shifted, "int8")), x.zp_scalar - 128
 
     def _requant(self, terms, zp: int, dtype: str, lo=None, hi=None, shape_axis=None):
         """``terms``: (int32 expr, real multiplier: scalar or per-channel array broadcast to the
@@ -697,7 +716,8 @@ class _Rewriter:
         w_scale = np.broadcast_to(w.scale.reshape(-1), (channels,))
         acc_scale = x.scale_scalar * w_scale
         bias_int = self._bias(bias, channels, acc_scale)
-        data, zx = self._as_u8(x)
+        signed = self.signed_conv and int(a.groups) == 1  # int8 x int8 for sdot
+        data, zx = self._as_s8(x) if signed else self._as_u8(x)
         padding = [int(p) for p in a.padding]
         wq = w.data
         extra = -wq.shape[1] % CHANNEL_GROUP if int(a.groups) == 1 else 0

@@ -405,13 +405,13 @@ def _tile_loops(sch: s_tir.Schedule, spatial: list, extents: tuple[int, ...]) ->
 
 
 def _templates() -> tuple:
-    # int8 templates first: they decline anything not u8 x s8. Then the convolution algorithms
-    # other than direct (edgec.lower.conv_algos), matched by block name: Conv2d would also match
-    # an im2win/im2col reduction.
-    from edgec.lower import im2col, im2win, winograd
+    # int8 templates first: they decline anything not u8 x s8 (int8_arm: s8 x s8 on arm64 sdot).
+    # Then the convolution algorithms other than direct (edgec.lower.conv_algos), matched by
+    # block name: Conv2d would also match an im2win/im2col reduction.
+    from edgec.lower import im2col, im2win, int8_arm, winograd
 
-    return (*int8.TEMPLATES, im2win.TEMPLATE, im2col.TEMPLATE, winograd.TEMPLATE, Conv2d(),
-            Matmul(), Generic())  # fmt: skip
+    return (*int8.TEMPLATES, *int8_arm.TEMPLATES, im2win.TEMPLATE, im2col.TEMPLATE,
+            winograd.TEMPLATE, Conv2d(), Matmul(), Generic())  # fmt: skip
 
 
 TEMPLATES: tuple = ()  # filled at the end of this module (the templates import its helpers)

@@ -1,0 +1,207 @@
+"""int8 convolutions on arm64 dot products (``sdot``, ARMv8.2 ``+dotprod``: Cortex-A55/A76 and
+newer), for the integer kernels of ``edgec.lower.qdq``.
+
+``sdot`` is signed x signed: ``acc[i] += sum_j a[4i + j] * b[4i + j]`` over 4 int32 lanes, 16
+int8 each of ``a`` and ``b``. On these targets ``qdq`` therefore gives dense convolutions int8
+activations (``signed_conv``: uint8 ones as ``x - 128``, with the zero point and the
+``-zx * sum(w)`` bias offset in the same units, so the integer result is unchanged), and this
+template computes ``acc[f] += s8(x[c]) * s8(w[f, c])``:
+
+* weights packed at compile time to ``[F/fb, C/4, KH, KW, fb*4]`` (``layout_rewrite_preproc``):
+  per reduction step the ``fb`` output channels x 4 input channels of the tile are ``fb*4``
+  contiguous bytes, ``fb/4`` registers of 16;
+* the input (padding, zero point and sign shift inlined) copied per call to ``[N, C/4, H, W, 4]``:
+  the 4 channels of a pixel are one 32-bit word, broadcast to the 4 lanes of the sdot operand;
+* ``xb`` output columns x ``fb/4`` accumulator registers of 4 int32 per tile; the requantization
+  epilogue writes the NCHW output row-wise (``epi="x"``) or channel-wise.
+
+The 4 x 4 step is ``llvm.aarch64.neon.sdot`` written as ``T.call_llvm_pure_intrin`` into the
+blockized update (``tensorize`` crashes in TVM 0.27), as in ``edgec.lower.int8``.
+Without ``+dotprod`` (Cortex-A53/A72, generic arm64) the template declines: the generic integer
+schedule runs (int8 x int8 widened by LLVM).
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+
+from edgec.lower.int8 import _region, _vector_index, schedules_key
+
+Knobs = dict
+
+STEP = 4  # one sdot: 4 output channels (int32 lanes) x 4 input channels
+INTRINSIC = "llvm.aarch64.neon.sdot.v4i32.v16i8"
+MAX_ACC = 24  # accumulator registers per tile (32 NEON registers: weights and input beside)
+
+
+def _sched():
+    """edgec.lower.schedules (imported lazily: its TEMPLATES include this module's)."""
+    from edgec.lower import schedules
+
+    return schedules
+
+
+def has_sdot(tgt) -> bool:
+    """Whether the TVM target ``tgt`` (a ``tvm.target.Target`` or its JSON dict) is arm64 with
+    the int8 dot-product instructions."""
+    import tvm
+    import tvm_ffi
+
+    if isinstance(tgt, dict):
+        if tgt.get("kind") != "llvm":
+            return False
+        tgt = tvm.target.Target(tgt)
+    if str(tgt.kind.name) != "llvm" or not str(tgt.attrs.get("mtriple", "")).startswith("aarch64"):
+        return False
+    return bool(tvm_ffi.get_global_func("target.llvm_cpu_has_feature")("dotprod", tgt))
+
+
+def _arm64() -> tuple[bool, bool]:
+    """(arm64, has sdot) for the current target (inside ``with target``)."""
+    import tvm
+
+    tgt = tvm.target.Target.current(allow_none=True)
+    if tgt is None or str(tgt.kind.name) != "llvm":
+        return False, False
+    return str(tgt.attrs.get("mtriple", "")).startswith("aarch64"), has_sdot(tgt)
+
+
+def _tiles(info: dict) -> list[tuple[int, int]]:
+    """(fb, xb) tiles: fb output channels (a multiple of 4 dividing F) x xb output columns
+    (dividing W), at most MAX_ACC accumulator registers."""
+    fbs = [fb for fb in (4, 8, 16, 32) if info["f"] % fb == 0]
+    w = info["w"]
+    return [(fb, xb) for fb in fbs for xb in range(1, min(w, 16) + 1)
+            if w % xb == 0 and xb * fb // STEP <= MAX_ACC]  # fmt: skip
+
+
+class Int8ConvSdot:
+    """Dense (groups = 1) s8 x s8 -> s32 NCHW convolutions on arm64 +dotprod, C % 4 == 0 and
+    F % 4 == 0."""
+
+    name = "int8_conv2d_sdot"
+
+    def match(self, func: tirx.PrimFunc) -> dict:
+        arm64, sdot = _arm64()
+        if not arm64:
+            raise _sched().NotMine("not an arm64 target")
+        info = _sched().Conv2d().match(func)
+        sch = s_tir.Schedule(func)
+        conv = _sched()._blocks(sch)[info["anchor"]]
+        data, weight = conv["reads"]
+        dtypes = (str(data.dtype), str(weight.dtype), str(conv["writes"].dtype))
+        if dtypes[1:] != ("int8", "int32") or dtypes[0] not in ("int8", "uint8"):
+            raise _sched().NotMine("not an int8 convolution")
+        if not sdot:
+            raise _sched().Decline("no +dotprod on this arm64 target (sdot)")
+        channels = int(data.shape[1])
+        if info["cin_per_group"] != channels:
+            raise _sched().Decline("grouped convolution")
+        if dtypes[0] != "int8":
+            raise _sched().Decline("uint8 activations (qdq gives sdot targets int8 ones)")
+        if channels % STEP or info["f"] % STEP:
+            raise _sched().Decline(f"C={channels} or F={info['f']} not a multiple of {STEP}")
+        info.update(cin=channels)
+        return info
+
+    def space(self, info: dict, lanes: int) -> list[Knobs]:
+        out = [self.default(info, lanes)] + [
+            {"fb": fb, "xb": xb, **epi}
+            for fb, xb in _tiles(info)
+            if xb * fb // STEP >= 4 or xb == info["w"]  # enough independent accumulators
+            for epi in ({}, {"epi": "x"})
+        ]
+        return list({schedules_key(k): k for k in out}.values())
+
+    def default(self, info: dict, lanes: int) -> Knobs:
+        """The tile with the most accumulators, then the fewest loads per sdot."""
+
+        def score(tile: tuple[int, int]) -> tuple:
+            fb, xb = tile
+            regs = fb // STEP
+            return (xb * regs, -(regs + xb) / (regs * xb), fb)
+
+        fb, xb = max(_tiles(info), key=score)
+        return {"fb": fb, "xb": xb, "epi": "x"}
+
+    def apply(self, func: tirx.PrimFunc, info: dict, knobs: Knobs) -> tirx.PrimFunc:
+        if info["weight_param"] not in info.get("constants", ()):
+            raise _sched().Decline("the weight is not a constant (cannot be packed)")
+        fb, xb = knobs["fb"], knobs["xb"]
+        if info["f"] % fb or fb % STEP:
+            raise _sched().Decline(f"F={info['f']} not a multiple of fb={fb}")
+        S = _sched()  # noqa: N806
+        func = func.with_attr("layout_free_buffers", [info["weight_param"]])
+        sch = s_tir.Schedule(func)
+        blocks = S._blocks(sch)
+        conv = blocks[info["anchor"]]["block"]
+        # input: padding and shifts inlined into one copy, channel groups of 4 innermost
+        xcache = sch.cache_read(conv, 0, "global")
+        for b in blocks[: info["anchor"]]:
+            sch.compute_inline(b["block"])
+        sch.transform_layout(xcache, ("write", 0),
+                             lambda n, c, h, w: (n, c // STEP, h, w, c % STEP))  # fmt: skip
+        # weights: [F/fb, C/4, KH, KW, fb * 4], packed at compile time
+        wcache = sch.cache_read(conv, 1, "global")
+        sch.transform_layout(
+            wcache, ("write", 0),
+            lambda f, c, u, v: (f // fb, c // STEP, u, v, (f % fb) * STEP + c % STEP),
+        )  # fmt: skip
+        sch.annotate(wcache, "meta_schedule.layout_rewrite_preproc", True)
+        if info["anchor"] == len(blocks) - 1:
+            out = sch.cache_write(conv, 0, "global")
+        else:
+            out = S._inline_epilogue(sch, blocks, info["anchor"])["block"]
+        sch.transform_layout(conv, ("write", 0),
+                             lambda n, f, h, w: (n, f // fb, h, w, f % fb))  # fmt: skip
+        n, f, y, x = sch.get_loops(out)
+        fo, fi = sch.split(f, [None, fb])
+        xo, xi = sch.split(x, [None, xb])
+        sch.reorder(n, fo, y, xo, xi, fi)
+        fvec = fi
+        if knobs.get("epi") == "x":  # epilogue vectorized along the row: contiguous stores
+            sch.reorder(fi, xi)
+            fvec = xi
+        sch.compute_at(conv, xo)
+        inner = S._loops_below(sch, conv, xo)
+        tiled = sum(e > 1 for e in (fb, xb))
+        cf, cx = S._tile_loops(sch, inner[:tiled], (fb, xb))
+        reduction = inner[tiled:]
+        if not reduction or int(sch.get(reduction[0]).extent) != info["cin"]:
+            raise _sched().Decline("unexpected reduction loops")
+        co, ci = sch.split(reduction[0], [None, STEP])
+        cfo, cfi = sch.split(cf, [fb // STEP, STEP]) if fb > STEP else (None, cf)
+        sch.reorder(co, *reduction[1:], *(lp for lp in (cx, cfo) if lp is not None), cfi, ci)
+        sch.vectorize(fvec)
+        S._parallel_outer(sch, [n, fo, y])
+        S._parallel_outer(sch, sch.get_loops(xcache)[:-1])
+        init = sch.decompose_reduction(conv, co)
+        update = sch.blockize(cfi)
+        for lp in (cx, cfo):
+            if lp is not None:
+                sch.unroll(lp)
+        sch.vectorize(sch.get_loops(init)[-1])
+        x_buf = sch.get(xcache).writes[0].source
+        w_buf = sch.get(wcache).writes[0].source
+        _replace_body(sch, update, x_buf, w_buf)
+        return sch.mod["main"]
+
+
+def _replace_body(sch: s_tir.Schedule, block, x_buf, w_buf) -> None:
+    """The blockized 4 x 4 update as one sdot: 4 weight rows of 4 bytes against the pixel's 4
+    input channels (one 32-bit word) broadcast to the 4 lanes."""
+    stmt = sch.get(block)
+    acc_buf = stmt.writes[0].source
+    acc_idx = _vector_index(_region(stmt, acc_buf), STEP)
+    x = tirx.BufferLoad(x_buf, _vector_index(_region(stmt, x_buf), STEP))  # int8 x 4
+    w = tirx.BufferLoad(w_buf, _vector_index(_region(stmt, w_buf), STEP * STEP))  # int8 x 16
+    a = tirx.reinterpret(f"int8x{STEP * STEP}", tirx.Broadcast(tirx.reinterpret("int32", x), STEP))
+    acc = tirx.BufferLoad(acc_buf, acc_idx)
+    value = tirx.call_llvm_pure_intrin(f"int32x{STEP}", INTRINSIC, acc, w, a)
+    body = tirx.BufferStore(acc_buf, value, acc_idx)
+    new = s_tir.SBlock(stmt.iter_vars, stmt.reads, stmt.writes, stmt.name_hint, body, stmt.init,
+                       stmt.alloc_buffers, stmt.match_buffers, stmt.annotations)  # fmt: skip
+    sch.state.replace(sch.get_sref(block), new, {stmt: new})
+
+
+TEMPLATES: tuple = (Int8ConvSdot(),)
