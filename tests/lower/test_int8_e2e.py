@@ -148,7 +148,8 @@ def test_search_with_conv_algorithms_on_a_qdq_model(tmp_path):
     algorithms are fp32 only and say so; the compile succeeds and verifies."""
     quantize(small_cnn(), tmp_path / "cnn.onnx", "uint8")
     result = api.compile(tmp_path / "cnn.onnx", tmp_path / "out", bench=False, threads=2,
-                         search="fast", search_budget_s=30, tuning_db=tmp_path / "t.db")  # fmt: skip
+                         search="fast", search_budget_s=30,
+                         tuning_db=tmp_path / "t.db")  # fmt: skip
     report = result.report
     assert report["precision"] == "int8" and report["verification"]["passed"]
     assert report["search"]["mode"] == "fast"
