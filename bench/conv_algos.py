@@ -2,7 +2,7 @@
 MobileNetV2 with each algorithm, and whole-model latency with and without im2win / Winograd.
 
     .venv/bin/python bench/conv_algos.py [--models resnet18,repvgg_a0_deploy,mobilenetv2]
-        [--budget 240] [--rounds 5] [--threads 2] [--json out.json]
+        [--budget 240] [--rounds 5] [--threads 2] [--json out.json] [--int8]
 
 Per model: one ``--search fast`` (``--budget`` seconds) over every algorithm variant's kernels
 (``conv_algos.VARIANTS``; that is what ``--conv-algo auto`` does), which picks each variant's
@@ -63,11 +63,31 @@ def variants(allowed):
         conv_algos.VARIANTS = saved
 
 
-def load(name: str, workdir: Path):
+def load(name: str, workdir: Path, int8: bool = False):
+    """The zoo model after edgec's passes; ``int8``: its QDQ model instead (onnxruntime's
+    quantize_static, uint8 activations, 4 synthetic calibration samples: the latency does not
+    depend on them), whose convs edgec lowers to integer kernels (direct or im2win)."""
     source = workdir / f"{name}.onnx"
     if not source.exists():
         models.export(name, source)
+    if int8:
+        import numpy as np
+        import onnx
+
+        from edgec.quant import quantize_qdq
+
+        qdq = workdir / f"{name}.qdq.onnx"
+        if not qdq.exists():
+            fp32 = onnx.load(source)
+            spec = frontend.import_model(source, {}).inputs
+            rng = np.random.default_rng(0)
+            samples = [{i.name: rng.standard_normal(i.shape).astype(np.float32) for i in spec}
+                       for _ in range(4)]  # fmt: skip
+            onnx.save(quantize_qdq(fp32, samples), qdq)
+        source = qdq
     imported = frontend.import_model(source, {})
+    if int8:
+        return source, imported, imported.model
     optimized, _ = passes.run_pipeline(imported.model, passes.select((), ()))
     return source, imported, optimized
 
@@ -129,7 +149,7 @@ def _label(entry: dict) -> str:
 
 def bench_model(name: str, workdir: Path, args) -> dict:
     tgt = targets.get("x86_64")
-    source, imported, optimized = load(name, workdir)
+    source, imported, optimized = load(name, workdir, args.int8)
     search = Search("fast", budget_s=args.budget, tuning_db=workdir / "tuning.db",
                     threads=args.threads, log=log)  # fmt: skip
     built, plans = {}, []
@@ -233,7 +253,7 @@ def without_search(names: list[str], workdir: Path, args) -> None:
     print("| model | auto ms | direct ms | onnxruntime ms | auto / direct |")
     print("|---|---|---|---|---|")
     for name in names:
-        source, imported, _ = load(name, workdir)
+        source, imported, _ = load(name, workdir, args.int8)
         feeds = verify.random_inputs(imported.inputs, 0)
         engines = {}
         for algo in ("auto", "direct"):
@@ -259,6 +279,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=40)
     ap.add_argument("--budget-timing", type=float, default=20.0)
     ap.add_argument("--workdir", type=Path, help="keep models, artifacts and the tuning cache")
+    ap.add_argument("--int8", action="store_true",
+                    help="the models' QDQ form: int8 convs, direct vs im2win (vs onnxruntime int8)")
     ap.add_argument("--json", type=Path, help="write the results (and read them: --tables)")
     ap.add_argument("--tables", action="store_true", help="only print the tables of --json")
     ap.add_argument("--search-none", action="store_true",
@@ -273,7 +295,7 @@ def main() -> None:
     if args.tables or args.retime:
         results = json.loads(args.json.read_text())
         for r in results if args.retime else []:  # the kept artifacts, timed again
-            source, imported, _ = load(r["model"], args.workdir)
+            source, imported, _ = load(r["model"], args.workdir, args.int8)
             r["whole"], r["errors"] = time_whole(r["model"], source, imported, args.workdir, args)
             args.json.write_text(json.dumps(results, indent=2, default=str))
         print_tables(results, args)

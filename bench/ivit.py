@@ -160,7 +160,7 @@ def kernels(repeats: int) -> dict:
     for op, shape in shapes.items():
         ex_f, _ = lower.build(fp32_model(op, shape), target, threads)
         ex_i = int_module(op, shape)
-        vm_f = relax.VirtualMachine(ex_f, tvm.cpu())
+        vm_f = relax.VirtualMachine(ex_f.module(), tvm.cpu())
         vm_i = relax.VirtualMachine(ex_i, tvm.cpu())
         xf = tvm.runtime.tensor(rng.standard_normal(shape).astype(np.float32))
         xi = tvm.runtime.tensor(rng.integers(-128, 128, shape).astype(np.int8))
