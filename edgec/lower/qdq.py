@@ -761,21 +761,38 @@ class _Rewriter:
         return self._requant([(acc, real)], out.zp_scalar, out.dtype, lo, hi)
 
     def _matmul_act(self, mm, out: QTensor, lo=None, hi=None, bias=None):
-        """Two quantized activations (attention): an int32 matmul of ``a - za`` and ``b - zb``."""
+        """Two quantized activations (attention): u8 x s8 -> s32 like the weight matmuls (so
+        the dot-product kernels apply), exactly. With ``a`` as uint8 (zero point ``za``) and
+        ``b' = b - 128`` as int8 for a uint8 ``b`` (``b`` itself for int8; ``d = 128 - zb``
+        resp. ``-zb``): ``sum (a - za)(b - zb) = a @ b' + d * rowsum(a) - za * colsum(b')
+        - za * d * K``."""
+        R = self.R
         qa, bexpr = self._qin(mm.args[0]), self._value(mm.args[1])
-        if self._op(bexpr) == "relax.permute_dims":
-            qb = self._qin(bexpr.args[0])
-            b = self._emit(self.relax.Call(bexpr.op, [self._centered(qb)], bexpr.attrs))
+        transposed = self._op(bexpr) == "relax.permute_dims"
+        qb = self._qin(bexpr.args[0] if transposed else mm.args[1])
+        a, za = self._as_u8(qa)
+        if qb.dtype == "uint8":
+            wide = self._emit(R.subtract(self._emit(R.astype(qb.data, "int32")),
+                                         self._c(128, "int32")))  # fmt: skip
+            b, d = self._emit(R.astype(wide, "int8")), 128 - qb.zp_scalar
         else:
-            qb = self._qin(mm.args[1])
-            b = self._centered(qb)
-        acc = self._emit(self.R.matmul(self._centered(qa), b, out_dtype="int32"))
+            b, d = qb.data, -qb.zp_scalar
+        if transposed:
+            b = self._emit(self.relax.Call(bexpr.op, [b], bexpr.attrs))
+        k = int(mm.args[0].ty.shape[-1])
+        acc = self._emit(R.matmul(a, b, out_dtype="int32"))
+        if d:
+            rows = self._emit(R.sum(self._emit(R.astype(a, "int32")), [-1], keepdims=True))
+            acc = self._emit(R.add(acc, self._emit(R.multiply(rows, self._c(d, "int32")))))
+        if za:
+            cols = self._emit(R.sum(self._emit(R.astype(b, "int32")), [-2], keepdims=True))
+            acc = self._emit(R.subtract(acc, self._emit(R.multiply(cols, self._c(za, "int32")))))
+        if za * d:
+            acc = self._emit(R.subtract(acc, self._c(za * d * k, "int32")))
         scale = qa.scale_scalar * qb.scale_scalar
         n = int(mm.ty.shape[-1])
         if bias is not None:
-            acc = self._emit(
-                self.R.add(acc, self._c(self._bias(bias, n, np.full(n, scale)), "int32"))
-            )
+            acc = self._emit(R.add(acc, self._c(self._bias(bias, n, np.full(n, scale)), "int32")))
         return self._requant([(acc, scale / out.scale_scalar)], out.zp_scalar, out.dtype, lo, hi)
 
     def _matmul(self, mm, out: QTensor, lo=None, hi=None, bias=None):

@@ -292,11 +292,15 @@ def test_conv_transpose_bit_exact(act, tmp_path):
     assert quant["integer_op_kinds"] == {"nn.conv2d_transpose": 1} and quant["float_ops"] == []
 
 
-def test_matmul_activations_bit_exact(tmp_path):
-    """Attention-style MatMul of two quantized activations (one transposed), batched."""
-    rng = _rng("mmact")
-    a, b = _act(rng, (2, 6, 16), "uint8"), _act(rng, (2, 9, 16), "int8")
-    p = {"sa": 0.02, "za": 131, "sb": 0.05, "zb": -3}
+@pytest.mark.parametrize("types", [("uint8", "int8"), ("uint8", "uint8"), ("int8", "uint8")])
+def test_matmul_activations_bit_exact(types, tmp_path):
+    """Attention-style MatMul of two quantized activations (one transposed), batched, for
+    each pair of activation types (u8 x s8 after the zero-point corrections)."""
+    ta, tb = types
+    rng = _rng("mmact", types)
+    a, b = _act(rng, (2, 6, 16), ta), _act(rng, (2, 9, 16), tb)
+    p = {"sa": 0.02, "za": 131 if ta == "uint8" else -5, "sb": 0.05,
+         "zb": -3 if tb == "int8" else 140}  # fmt: skip
     acc = np.einsum("bik,bjk->bij", a.astype(np.int64) - p["za"], b.astype(np.int64) - p["zb"])
     so, zo = _out_params(acc * p["sa"] * p["sb"], "uint8")
     nodes = [
@@ -307,14 +311,14 @@ def test_matmul_activations_bit_exact(tmp_path):
         helper.make_node("QuantizeLinear", ["yf", "so", "zo"], ["y"]),
     ]
     inits = {
-        "sa": np.array(p["sa"], np.float32), "za": np.array(p["za"], np.uint8),
-        "sb": np.array(p["sb"], np.float32), "zb": np.array(p["zb"], np.int8),
+        "sa": np.array(p["sa"], np.float32), "za": np.array(p["za"], ta),
+        "sb": np.array(p["sb"], np.float32), "zb": np.array(p["zb"], tb),
         "so": np.array(so, np.float32), "zo": np.array(zo, np.uint8),
     }  # fmt: skip
     model = _model(
         nodes,
-        [helper.make_tensor_value_info("a", TensorProto.UINT8, [2, 6, 16]),
-         helper.make_tensor_value_info("b", TensorProto.INT8, [2, 9, 16])],
+        [helper.make_tensor_value_info("a", NP2ONNX[ta], [2, 6, 16]),
+         helper.make_tensor_value_info("b", NP2ONNX[tb], [2, 9, 16])],
         [helper.make_tensor_value_info("y", TensorProto.UINT8, [2, 6, 9])],
         inits,
     )  # fmt: skip
