@@ -4,6 +4,7 @@ onnxruntime int8 on the same one-op QDQ MatMul model.
 
     .venv/bin/python bench/int8_matmul.py [--shapes deit] [--rounds 5] [--threads 2] [--space]
         [--target x86_64]
+    .venv/bin/python bench/int8_matmul.py --model deit.onnx [--threads 2] [--runs 40]
 
 Per shape ``M x K @ K x N`` (DeiT-tiny's Linear layers by default, batch 1): a QDQ model
 ``DequantizeLinear -> MatMul(constant int8 weight) -> QuantizeLinear`` is lowered by
@@ -13,22 +14,32 @@ template's default knobs ("before"), int8_matmul's default and, with ``--space``
 int8_matmul's whole knob space. Engines alternate in ``--rounds`` rounds; medians are reported.
 onnxruntime (ORT_ENABLE_ALL, its QDQ fusion to int8 kernels) runs the whole one-op model, so
 its time includes the requantization too. Every int8_matmul candidate's outputs are checked
-equal to the generic template's. Markdown to stdout, progress to stderr.
+equal to the generic template's.
+
+With ``--model`` (e.g. ``edgec zoo export deit_tiny -o deit.onnx``), whole models instead: the
+model compiled ``--int8 --calib synthetic`` (default knobs) with and without int8_matmul (the
+generic template then schedules those kernels, as before it existed) and in fp32, timed in
+interleaved blocks (``edgec.report.latency``) with onnxruntime on the int8 artifact's QDQ model
+and on the fp32 model (ORT_ENABLE_ALL). Markdown to stdout, progress to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from edgec import lower, targets
+from edgec import api, lower, targets, verify
 from edgec.lower import measure, qdq, schedules
+from edgec.report import latency
 
 SHAPES = {  # name -> [(label, M, K, N)]
     "deit": [("qkv", 197, 192, 576), ("proj", 197, 192, 192), ("fc1", 197, 192, 768),
@@ -144,6 +155,56 @@ def bench_shape(label, m, k, n, target, args) -> dict:
             "default": after.default, "gops": 2 * m * k * n / 1e9}  # fmt: skip
 
 
+@contextlib.contextmanager
+def without_int8_matmul():
+    """The template registry as before int8_matmul: its kernels go to the generic template."""
+    saved = schedules.TEMPLATES
+    schedules.TEMPLATES = tuple(t for t in saved if t.name != "int8_matmul")
+    try:
+        yield
+    finally:
+        schedules.TEMPLATES = saved
+
+
+def bench_model(source: Path, args) -> None:
+    with tempfile.TemporaryDirectory(prefix="edgec-int8mm-") as tmp:
+        work = Path(tmp)
+        common = {"threads": args.threads, "bench": False, "verify_result": False,
+                  "html_report": False, "bundle": False}  # fmt: skip
+        builds = {
+            "edgec int8": ({"int8": True, "calib": "synthetic"}, contextlib.nullcontext()),
+            "edgec int8 without int8_matmul": (
+                {"int8": True, "calib": "synthetic"}, without_int8_matmul()
+            ),
+            "edgec fp32": ({}, contextlib.nullcontext()),
+        }  # fmt: skip
+        engines, feeds = {}, None
+        for i, (label, (options, context)) in enumerate(builds.items()):
+            log(f"compile {label} ...")
+            with context:
+                api.compile(source, work / str(i), force=True, **common, **options)
+            model = api.load(work / str(i), args.threads)
+            if feeds is None:
+                feeds = verify.random_inputs(model.inputs, 0)
+            engines[label] = model._runtime.prepare([feeds[s.name] for s in model.inputs])
+        sessions = {
+            "onnxruntime int8": verify.ort_session(work / "0" / "model.onnx", optimize=True,
+                                                   threads=args.threads),
+            "onnxruntime fp32": verify.ort_session(source, optimize=True, threads=args.threads),
+        }  # fmt: skip
+        for label, session in sessions.items():
+            engines[label] = lambda s=session: s.run(None, feeds)
+        log("timing (interleaved) ...")
+        r = latency.measure(engines, runs=args.runs, budget_s=args.budget_timing)
+    base = r["edgec int8"]["p50_ms"]
+    print(f"{source.name}, {args.threads} threads, p50 ms (interleaved blocks):\n")
+    print("| engine | p50 ms | vs edgec int8 |")
+    print("|---|---|---|")
+    for label, stats in r.items():
+        noisy = " (noisy)" if stats["noisy"] else ""
+        print(f"| {label} | {stats['p50_ms']:.2f}{noisy} | {stats['p50_ms'] / base:.2f}x |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", default="deit", help=f"comma list of {sorted(SHAPES)}")
@@ -151,7 +212,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--target", default="x86_64")
     parser.add_argument("--space", action="store_true", help="also time every knob set")
+    parser.add_argument("--model", type=Path, help="whole model instead (ONNX, fp32)")
+    parser.add_argument("--runs", type=int, default=40, help="--model: timed calls per engine")
+    parser.add_argument("--budget-timing", type=float, default=30.0, help="--model: seconds")
     args = parser.parse_args()
+    if args.model is not None:
+        bench_model(args.model, args)
+        return
     target = targets.get(args.target)
     measure.prepare(args.threads)
     rows = [bench_shape(*s, target, args) for name in args.shapes.split(",") for s in SHAPES[name]]
