@@ -220,7 +220,7 @@ class Int8Matmul:
         regs = self.REGISTERS[info["isa"]]
         m = info["m"]
         mbs = sorted({min(m, x) for x in (1, 2, 4, 6, 8, 12)})
-        fks = [k for k in (1, 2, 4) if info["n"] % (k * fb) == 0]
+        fks = [k for k in self._fks(m) if info["n"] % (k * fb) == 0]
         out = [self.default(info, lanes)] + [
             {"mb": mb, "fk": fk, "order": order}
             for fk in fks for mb in mbs if mb * fk <= regs and (mb > 1 or m == 1)
@@ -228,13 +228,21 @@ class Int8Matmul:
         ]  # fmt: skip
         return list({schedules_key(k): k for k in out}.values())
 
+    @staticmethod
+    def _fks(m: int) -> tuple[int, ...]:
+        # one row (GEMV): the column blocks are the only independent accumulator chains
+        return (1, 2, 3, 4, 5, 6, 8) if m == 1 else (1, 2, 4)
+
     def default(self, info: dict, lanes: int) -> Knobs:
         # measured on Zen 4 (DeiT-tiny's Linear layers): vpdpbusd 6 x 2 zmm accumulators;
-        # vpmaddwd (16 ymm registers) 2 rows x 4 column blocks, or 6 x 2
+        # vpmaddwd (16 ymm registers) 2 rows x 4 column blocks, or 6 x 2; one row: as many
+        # column blocks as divide N (up to 8), for independent dependency chains
         fb = MICRO[info["isa"]][0]
         prefer = (4, 2, 1) if info["isa"] == "avx2" else (2, 1)
+        if info["m"] == 1:
+            prefer = (8, 6, 5, 4, 3, 2, 1)
         fk = next(k for k in prefer if info["n"] % (k * fb) == 0)
-        mb = {4: 2, 2: 6, 1: 8}[fk] if info["isa"] == "avx2" else 6
+        mb = {4: 2, 2: 6}.get(fk, 8) if info["isa"] == "avx2" else 6
         return {"mb": min(mb, info["m"]), "fk": fk, "order": "nm"}
 
     def apply(self, func: tirx.PrimFunc, info: dict, knobs: Knobs) -> tirx.PrimFunc:

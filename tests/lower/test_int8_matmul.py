@@ -24,7 +24,8 @@ from tests.lower.test_int8 import run_int as _run_int
 TARGETS = ["x86_64", "x86_64-avx2"]  # vpdpbusd / vpmaddwd (this CPU runs both)
 
 CASES = [  # batch dims, M, K, N
-    ((), 1, 16, 8),  # a CNN head; N = 8: the 8-lane vpdpbusd
+    ((), 1, 16, 8),  # N = 8: the 8-lane vpdpbusd
+    ((), 1, 512, 1000),  # a CNN head: 5 column blocks of 8 (GEMV)
     ((1,), 17, 192, 16),
     ((1,), 197, 192, 576),  # DeiT-tiny qkv
     ((2,), 17, 768, 192),  # DeiT-tiny fc2 with a batch of 2
