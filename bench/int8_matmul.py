@@ -178,7 +178,7 @@ def bench_model(source: Path, args) -> None:
             ),
             "edgec fp32": ({}, contextlib.nullcontext()),
         }  # fmt: skip
-        engines, feeds = {}, None
+        engines, feeds, outputs = {}, None, {}
         for i, (label, (options, context)) in enumerate(builds.items()):
             log(f"compile {label} ...")
             with context:
@@ -187,6 +187,13 @@ def bench_model(source: Path, args) -> None:
             if feeds is None:
                 feeds = verify.random_inputs(model.inputs, 0)
             engines[label] = model._runtime.prepare([feeds[s.name] for s in model.inputs])
+            outputs[label] = model(**feeds)
+        same = all(
+            np.array_equal(a, b)
+            for a, b in zip(outputs["edgec int8"].values(),
+                            outputs["edgec int8 without int8_matmul"].values(), strict=True)
+        )  # fmt: skip
+        log(f"int8 outputs with and without int8_matmul identical: {same}")
         sessions = {
             "onnxruntime int8": verify.ort_session(work / "0" / "model.onnx", optimize=True,
                                                    threads=args.threads),
@@ -197,7 +204,8 @@ def bench_model(source: Path, args) -> None:
         log("timing (interleaved) ...")
         r = latency.measure(engines, runs=args.runs, budget_s=args.budget_timing)
     base = r["edgec int8"]["p50_ms"]
-    print(f"{source.name}, {args.threads} threads, p50 ms (interleaved blocks):\n")
+    print(f"{source.name}, {args.threads} threads, p50 ms (interleaved blocks); int8 outputs "
+          f"with and without int8_matmul identical: {same}\n")  # fmt: skip
     print("| engine | p50 ms | vs edgec int8 |")
     print("|---|---|---|")
     for label, stats in r.items():
