@@ -243,7 +243,9 @@ class Int8Matmul:
             prefer = (8, 6, 5, 4, 3, 2, 1)
         fk = next(k for k in prefer if info["n"] % (k * fb) == 0)
         mb = {4: 2, 2: 6}.get(fk, 8) if info["isa"] == "avx2" else 6
-        return {"mb": min(mb, info["m"]), "fk": fk, "order": "nm"}
+        # a weight panel (K x fk*FB bytes) over half of L1: keep the rows of x instead
+        order = "mn" if info["k"] * fk * fb > 16384 else "nm"
+        return {"mb": min(mb, info["m"]), "fk": fk, "order": order}
 
     def apply(self, func: tirx.PrimFunc, info: dict, knobs: Knobs) -> tirx.PrimFunc:
         if info["b_param"] not in info.get("constants", ()):
