@@ -235,3 +235,9 @@ def _task(model, target: str) -> measure.Task:
         tasks = measure.kernel_tasks(mod, lower.vector_lanes(_target(target)))
     (task,) = [t for t in tasks if "matmul" in t.name]
     return task
+
+
+def test_registry_order():
+    """int8_matmul is tried before the generic matmul template (which also matches its kernels)."""
+    names = [t.name for t in schedules.TEMPLATES]
+    assert names.index("int8_matmul") < names.index("matmul")
