@@ -3,7 +3,9 @@ instructions, for the integer kernels of ``edgec.lower.qdq``.
 
 The anchor computes ``acc[f] += u8(x[c]) * s8(w[f, c])`` (``qdq`` moves int8 activations to
 uint8 with +128 and folds ``-zx * sum(w)`` into the bias, so every product is u8 x s8). The
-template re-lays the operands out for a micro-kernel of 16 output channels x 4 input channels:
+conv template (``Int8Conv2d``; ``Int8Matmul`` does the same for ``x[.., M, K] @ w[K, N]``, whose
+x is already K-contiguous) re-lays the operands out for a micro-kernel of 16 output channels x 4
+input channels:
 
 * weights packed at compile time to ``[F/16, C/4, KH, KW, 16*4]`` (``layout_rewrite_preproc``);
 * the input (padding, zero point and the +128 shift inlined) copied per call to
