@@ -3,7 +3,9 @@ instructions, for the integer kernels of ``edgec.lower.qdq``.
 
 The anchor computes ``acc[f] += u8(x[c]) * s8(w[f, c])`` (``qdq`` moves int8 activations to
 uint8 with +128 and folds ``-zx * sum(w)`` into the bias, so every product is u8 x s8). The
-template re-lays the operands out for a micro-kernel of 16 output channels x 4 input channels:
+conv template (``Int8Conv2d``; ``Int8Matmul`` does the same for ``x[.., M, K] @ w[K, N]``, whose
+x is already K-contiguous) re-lays the operands out for a micro-kernel of 16 output channels x 4
+input channels:
 
 * weights packed at compile time to ``[F/16, C/4, KH, KW, 16*4]`` (``layout_rewrite_preproc``);
 * the input (padding, zero point and the +128 shift inlined) copied per call to
@@ -173,6 +175,142 @@ class Int8Conv2d:
         return sch.mod["main"]
 
 
+class Int8Matmul:
+    """u8 x s8 -> s32 matmuls ``x[.., M, K] @ w[K, N]`` with a constant 2-D weight (``qdq``'s
+    Linear/Gemm/MatMul layers), K % 4 == 0 and N % 8 == 0 (AVX2: K % 2 == 0).
+
+    The weight is packed at compile time to ``[N/FB, K/CB, FB*CB]``; x is read in place (its CB
+    consecutive k bytes are one 32-bit word to broadcast), or copied once when M is padded to a
+    multiple of the tile's rows or int8 activations are shifted to uint8. A tile of ``mb`` rows x
+    ``fk * FB`` columns is accumulated in registers over k in steps of CB (one dot-product
+    instruction per row and FB columns); the requantization epilogue is computed per tile,
+    vectorized along n. Knobs: ``mb`` (rows per tile), ``fk`` (micro-kernel column blocks per
+    tile), ``order`` (``"nm"``: a column panel of the weight stays in cache while the row tiles
+    go by; ``"mn"``: a row band of x stays while the column tiles go by).
+    """
+
+    name = "int8_matmul"
+    REGISTERS = {"vnni": 24, "vnni8": 24, "avx2": 12}  # accumulator vectors per tile at most
+
+    def match(self, func: tirx.PrimFunc) -> dict:
+        info = _sched().Matmul().match(func)
+        sch = s_tir.Schedule(func)
+        mm = _sched()._blocks(sch)[info["anchor"]]
+        x, w = mm["reads"]
+        if (str(x.dtype), str(w.dtype), str(mm["writes"].dtype)) != ("uint8", "int8", "int32"):
+            raise Decline("not a u8 x s8 -> s32 matmul")
+        stmt = sch.get(mm["block"])
+        k_var = stmt.iter_vars[-1].var
+        x_last = stmt.reads[0].region[-1].min
+        if info["transposed"] or info["b_param"] is None or len(w.shape) != 2:
+            raise Decline("the weight is not a 2-D [K, N] function parameter")
+        if not (isinstance(x_last, tirx.Var) and x_last.same_as(k_var)):
+            raise Decline("the activation is not K-contiguous")
+        isa = _isa()
+        if isa is None:
+            raise Decline("no x86 AVX2/VNNI target")
+        if isa == "vnni" and info["n"] % 16:
+            isa = "vnni8"
+        fb, cb = MICRO[isa]
+        if info["k"] % cb or info["n"] % fb:
+            raise Decline(f"K={info['k']} not a multiple of {cb} or N={info['n']} of {fb}")
+        info.update(isa=isa)
+        return info
+
+    def space(self, info: dict, lanes: int) -> list[Knobs]:
+        fb = MICRO[info["isa"]][0]
+        regs = self.REGISTERS[info["isa"]]
+        m = info["m"]
+        mbs = sorted({min(m, x) for x in (1, 2, 4, 6, 8, 12)})
+        fks = [k for k in self._fks(m) if info["n"] % (k * fb) == 0]
+        out = [self.default(info, lanes)] + [
+            {"mb": mb, "fk": fk, "order": order}
+            for fk in fks for mb in mbs if mb * fk <= regs and (mb > 1 or m == 1)
+            for order in ("nm", "mn")
+        ]  # fmt: skip
+        return list({schedules_key(k): k for k in out}.values())
+
+    @staticmethod
+    def _fks(m: int) -> tuple[int, ...]:
+        # one row (GEMV): the column blocks are the only independent accumulator chains
+        return (1, 2, 3, 4, 5, 6, 8) if m == 1 else (1, 2, 4)
+
+    def default(self, info: dict, lanes: int) -> Knobs:
+        # measured on Zen 4 (DeiT-tiny's Linear layers): vpdpbusd 6 x 2 zmm accumulators;
+        # vpmaddwd (16 ymm registers) 2 rows x 4 column blocks, or 6 x 2; one row: as many
+        # column blocks as divide N (up to 8), for independent dependency chains
+        fb = MICRO[info["isa"]][0]
+        prefer = (4, 2, 1) if info["isa"] == "avx2" else (2, 1)
+        if info["m"] == 1:
+            prefer = (8, 6, 5, 4, 3, 2, 1)
+        fk = next(k for k in prefer if info["n"] % (k * fb) == 0)
+        mb = {4: 2, 2: 6}.get(fk, 8) if info["isa"] == "avx2" else 6
+        # a weight panel (K x fk*FB bytes) over half of L1: keep the rows of x instead
+        order = "mn" if info["k"] * fk * fb > 16384 else "nm"
+        return {"mb": min(mb, info["m"]), "fk": fk, "order": order}
+
+    def apply(self, func: tirx.PrimFunc, info: dict, knobs: Knobs) -> tirx.PrimFunc:
+        if info["b_param"] not in info.get("constants", ()):
+            raise Decline("the weight is not a constant (cannot be packed)")
+        mb, fk, order = knobs["mb"], knobs["fk"], knobs.get("order", "nm")
+        FB, CB = MICRO[info["isa"]]  # noqa: N806
+        if info["n"] % (fk * FB):
+            raise Decline(f"N={info['n']} not a multiple of {fk * FB}")
+        func = func.with_attr("layout_free_buffers", [info["b_param"]])
+        sch = s_tir.Schedule(func)
+        blocks = _sched()._blocks(sch)
+        anchor = info["anchor"]
+        mm = blocks[anchor]["block"]
+        if anchor == len(blocks) - 1:  # no epilogue: accumulate in a buffer, then copy
+            out = sch.cache_write(mm, 0, "global")
+        else:
+            out = _sched()._inline_epilogue(sch, blocks, anchor)["block"]
+        nbatch = len(info["batch"])
+        # x: read in place, or one copy (M padded to a multiple of mb: zero rows; the int8 ->
+        # uint8 shift inlined)
+        if info["m"] % mb:
+            sch.pad_einsum(mm, [1] * nbatch + [mb, 1, 1])
+            copy_out = sch.get_consumers(mm)[0]  # the padded accumulator -> the unpadded one
+            if not sch.get(copy_out).same_as(sch.get(out)):
+                sch.compute_inline(copy_out)
+            xcopy = sch.get_producers(mm)[0]
+        elif anchor:
+            xcopy = sch.cache_read(mm, 0, "global")
+        else:
+            xcopy = None
+        for b in blocks[:anchor]:
+            sch.compute_inline(b["block"])
+        # weights: [N/FB, K/CB, FB * CB], packed at compile time
+        wcache = sch.cache_read(mm, 1, "global")
+        sch.transform_layout(
+            wcache, ("write", 0), lambda k, n: (n // FB, k // CB, (n % FB) * CB + k % CB)
+        )
+        sch.annotate(wcache, "meta_schedule.layout_rewrite_preproc", True)
+        *batch, i, j, k = sch.get_loops(mm)
+        io, ii = sch.split(i, [None, mb])
+        jo, jm, jf = sch.split(j, [None, fk, FB])
+        ko, ki = sch.split(k, [None, CB])
+        tiles = [jo, io] if order == "nm" else [io, jo]
+        sch.reorder(*batch, *tiles, ko, ii, jm, jf, ki)
+        # the epilogue per tile, vectorized along n (contiguous stores)
+        sch.reverse_compute_at(out, tiles[-1])
+        epi = _sched()._loops_below(sch, out, tiles[-1])
+        sch.vectorize(epi[-1])
+        _sched()._parallel_outer(sch, [*batch, *tiles])
+        if xcopy is not None:  # rows in parallel, 64-byte vectors along k
+            *rows, kx = sch.get_loops(xcopy)
+            _sched()._parallel_outer(sch, rows)
+            width = next(w for w in (64, 32, 16, 8, 4, 2) if info["k"] % w == 0)
+            sch.vectorize(sch.split(kx, [None, width])[1])
+        init = sch.decompose_reduction(mm, ko)
+        update = sch.blockize(jf)
+        for lp in (ii, jm):
+            sch.unroll(lp)
+        sch.vectorize(sch.get_loops(init)[-1])
+        _replace_body(sch, update, info["isa"])
+        return sch.mod["main"]
+
+
 def schedules_key(knobs: Knobs) -> tuple:
     return tuple(sorted(knobs.items()))
 
@@ -214,4 +352,4 @@ def _replace_body(sch: s_tir.Schedule, block, isa: str) -> None:
     sch.state.replace(sch.get_sref(block), new, {stmt: new})
 
 
-TEMPLATES: tuple = (Int8Conv2d(),)
+TEMPLATES: tuple = (Int8Conv2d(), Int8Matmul())
