@@ -202,8 +202,12 @@ class Int8Matmul:
         stmt = sch.get(mm["block"])
         k_var = stmt.iter_vars[-1].var
         x_last = stmt.reads[0].region[-1].min
-        if info["transposed"] or info["b_param"] is None or len(w.shape) != 2:
-            raise Decline("the weight is not a 2-D [K, N] function parameter")
+        nbatch = len(info["batch"])
+        batched = len(w.shape) == 2 + nbatch and [int(d) for d in w.shape[:-2]] == [
+            int(d) for d in info["batch"]
+        ]  # an activation (attention): one [K, N] per batch index, packed per call
+        if info["transposed"] or info["b_param"] is None or not (len(w.shape) == 2 or batched):
+            raise Decline("the weight is not a [.., K, N] function parameter")
         if not (isinstance(x_last, tirx.Var) and x_last.same_as(k_var)):
             raise Decline("the activation is not K-contiguous")
         isa = _isa()
@@ -211,9 +215,6 @@ class Int8Matmul:
             raise Decline("no x86 AVX2/VNNI target")
         if isa == "vnni" and info["n"] % 16:
             isa = "vnni8"
-        fb, cb = MICRO[isa]
-        if info["k"] % cb or info["n"] % fb:
-            raise Decline(f"K={info['k']} not a multiple of {cb} or N={info['n']} of {fb}")
         info.update(isa=isa)
         return info
 
@@ -222,13 +223,18 @@ class Int8Matmul:
         regs = self.REGISTERS[info["isa"]]
         m = info["m"]
         mbs = sorted({min(m, x) for x in (1, 2, 4, 6, 8, 12)})
-        fks = [k for k in self._fks(m) if info["n"] % (k * fb) == 0]
+        fks = [k for k in self._fks(m) if info["n"] % (k * fb) == 0 or self._padded(info)]
         out = [self.default(info, lanes)] + [
             {"mb": mb, "fk": fk, "order": order}
             for fk in fks for mb in mbs if mb * fk <= regs and (mb > 1 or m == 1)
             for order in ("nm", "mn")
         ]  # fmt: skip
         return list({schedules_key(k): k for k in out}.values())
+
+    @staticmethod
+    def _padded(info: dict) -> bool:
+        """B is an activation (packed per call), so N and K may be padded to whole tiles."""
+        return info["b_param"] not in info.get("constants", ())
 
     @staticmethod
     def _fks(m: int) -> tuple[int, ...]:
@@ -243,20 +249,24 @@ class Int8Matmul:
         prefer = (4, 2, 1) if info["isa"] == "avx2" else (2, 1)
         if info["m"] == 1:
             prefer = (8, 6, 5, 4, 3, 2, 1)
-        fk = next(k for k in prefer if info["n"] % (k * fb) == 0)
+        n = info["n"]
+        fk = next((k for k in prefer if n % (k * fb) == 0), None)
+        if fk is None:  # an activation B, padded: the least padding, then the wider tile
+            fk = min(prefer, key=lambda k: (-(-n // (k * fb)) * k * fb, -k))
         mb = {4: 2, 2: 6}.get(fk, 8) if info["isa"] == "avx2" else 6
         # a weight panel (K x fk*FB bytes) over half of L1: keep the rows of x instead
         order = "mn" if info["k"] * fk * fb > 16384 else "nm"
         return {"mb": min(mb, info["m"]), "fk": fk, "order": order}
 
     def apply(self, func: tirx.PrimFunc, info: dict, knobs: Knobs) -> tirx.PrimFunc:
-        if info["b_param"] not in info.get("constants", ()):
-            raise Decline("the weight is not a constant (cannot be packed)")
         mb, fk, order = knobs["mb"], knobs["fk"], knobs.get("order", "nm")
         FB, CB = MICRO[info["isa"]]  # noqa: N806
-        if info["n"] % (fk * FB):
-            raise Decline(f"N={info['n']} not a multiple of {fk * FB}")
-        func = func.with_attr("layout_free_buffers", [info["b_param"]])
+        constant = info["b_param"] in info.get("constants", ())
+        pad_n, pad_k = info["n"] % (fk * FB), info["k"] % CB
+        if constant and (pad_n or pad_k):
+            raise Decline(f"K={info['k']} not a multiple of {CB} or N={info['n']} of {fk * FB}")
+        if constant:
+            func = func.with_attr("layout_free_buffers", [info["b_param"]])
         sch = s_tir.Schedule(func)
         blocks = _sched()._blocks(sch)
         anchor = info["anchor"]
@@ -266,26 +276,37 @@ class Int8Matmul:
         else:
             out = _sched()._inline_epilogue(sch, blocks, anchor)["block"]
         nbatch = len(info["batch"])
-        # x: read in place, or one copy (M padded to a multiple of mb: zero rows; the int8 ->
-        # uint8 shift inlined)
-        if info["m"] % mb:
-            sch.pad_einsum(mm, [1] * nbatch + [mb, 1, 1])
+        # x: read in place, or one copy (M padded to a multiple of mb, K to CB: zeros; the
+        # int8 -> uint8 shift inlined); an activation B: N and K padded with zeros (exact: the
+        # products of padded K are 0, padded columns are dropped)
+        xcopy = wcache = None
+        if info["m"] % mb or pad_n or pad_k:
+            sch.pad_einsum(mm, [1] * nbatch + [mb if info["m"] % mb else 1,
+                                               fk * FB if pad_n else 1, CB if pad_k else 1])  # fmt: skip
             copy_out = sch.get_consumers(mm)[0]  # the padded accumulator -> the unpadded one
             if not sch.get(copy_out).same_as(sch.get(out)):
                 sch.compute_inline(copy_out)
-            xcopy = sch.get_producers(mm)[0]
-        elif anchor:
+            for producer in sch.get_producers(mm):
+                dtype = str(sch.get(producer).writes[0].source.dtype)
+                if dtype == "uint8":
+                    xcopy = producer
+                else:
+                    wcache = producer
+        if xcopy is None and anchor:
             xcopy = sch.cache_read(mm, 0, "global")
-        else:
-            xcopy = None
         for b in blocks[:anchor]:
             sch.compute_inline(b["block"])
-        # weights: [N/FB, K/CB, FB * CB], packed at compile time
-        wcache = sch.cache_read(mm, 1, "global")
+        # B: [.., N/FB, K/CB, FB * CB]: packed at compile time (a constant weight), else per call
+        if wcache is None:
+            wcache = sch.cache_read(mm, 1, "global")
         sch.transform_layout(
-            wcache, ("write", 0), lambda k, n: (n // FB, k // CB, (n % FB) * CB + k % CB)
-        )
-        sch.annotate(wcache, "meta_schedule.layout_rewrite_preproc", True)
+            wcache, ("write", 0),
+            lambda *ix: (*ix[:-2], ix[-1] // FB, ix[-2] // CB, (ix[-1] % FB) * CB + ix[-2] % CB),
+        )  # fmt: skip
+        if constant:
+            sch.annotate(wcache, "meta_schedule.layout_rewrite_preproc", True)
+        else:
+            _sched()._parallel_outer(sch, sch.get_loops(wcache)[:-1])
         *batch, i, j, k = sch.get_loops(mm)
         io, ii = sch.split(i, [None, mb])
         jo, jm, jf = sch.split(j, [None, fk, FB])
@@ -300,8 +321,10 @@ class Int8Matmul:
         if xcopy is not None:  # rows in parallel, 64-byte vectors along k
             *rows, kx = sch.get_loops(xcopy)
             _sched()._parallel_outer(sch, rows)
-            width = next(w for w in (64, 32, 16, 8, 4, 2) if info["k"] % w == 0)
-            sch.vectorize(sch.split(kx, [None, width])[1])
+            extent = int(sch.get(kx).extent)
+            width = next((w for w in (64, 32, 16, 8, 4, 2) if extent % w == 0), 1)
+            if width > 1:
+                sch.vectorize(sch.split(kx, [None, width])[1])
         init = sch.decompose_reduction(mm, ko)
         update = sch.blockize(jf)
         for lp in (ii, jm):

@@ -125,33 +125,63 @@ def test_k_not_multiple_declines(target, tmp_path):
                        record["declined"]), record  # fmt: skip
 
 
-def test_non_constant_weight_declines():
-    """A u8 x s8 matmul whose weight is a function input cannot be packed at compile time:
-    int8_matmul declines, the generic template schedules it."""
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("shape", [((), 16, 32, 16), ((2,), 13, 30, 23), ((1, 3), 9, 64, 19)])
+def test_activation_weight_is_packed_per_call(shape, target):
+    """A u8 x s8 matmul whose B is a function input (an activation: attention's k or v) is
+    packed into the micro-kernel's layout inside the kernel on every call, with N and K padded
+    to whole tiles (zeros: exact), and is bit-exact with int64 numpy."""
     tvm = lower._tvm()
     from tvm import relax
 
+    batch, m, k, n = shape
+    rng = _rng("act b", shape)
+    x = rng.integers(0, 256, (*batch, m, k)).astype(np.uint8)
+    w = rng.integers(-128, 128, (*batch, k, n)).astype(np.int8)
     bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType((16, 32), "uint8"))
-    w = relax.Var("w", relax.TensorType((32, 16), "int8"))
-    with bb.function("main", [x, w]):
+    xv = relax.Var("x", relax.TensorType(x.shape, "uint8"))
+    wv = relax.Var("w", relax.TensorType(w.shape, "int8"))
+    with bb.function("main", [xv, wv]):
         with bb.dataflow():
-            y = bb.emit_output(relax.op.matmul(x, w, out_dtype="int32"))
+            y = bb.emit_output(relax.op.matmul(xv, wv, out_dtype="int32"))
         bb.emit_func_output(y)
-    with tvm.target.Target(lower.target_json(_target(), 1)):
-        mod = relax.get_pipeline("zero")(bb.get())
-        _, records = schedules.apply_all(mod, 16)
+    tgt = tvm.target.Target(lower.target_json(_target(target), 1))
+    with tgt:
+        plain = relax.get_pipeline("zero")(bb.get())
+        (gv,) = [g for g, f in plain.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
+        func0 = plain[gv]  # (apply_all schedules the module in place)
+        mod, records = schedules.apply_all(plain, 16)
     (record,) = records
-    assert record["template"] == "matmul", record
-    if _isa("x86_64"):
-        assert "int8_matmul: the weight is not a constant (cannot be packed)" in record["declined"]
+    assert record["template"] == ("int8_matmul" if _isa(target) else "matmul"), record
+    vm = relax.VirtualMachine(tvm.compile(mod, target=tgt), tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(w)).numpy()
+    want = x.astype(np.int64) @ w.astype(np.int64)
+    np.testing.assert_array_equal(got, want)
+    if not _isa(target) or batch != (2,):
+        return
+    # every knob set of the space (padded tiles of every size), kernel by kernel
+    template = measure._template("int8_matmul")
+    with tgt:
+        info = template.match(func0)
+        info["constants"] = set()
+        for knobs in template.space(info, 16):
+            func = schedules.apply_knobs(template, func0, info, knobs)
+            lib = tvm.tirx.build(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
+                                 target=tgt)  # fmt: skip
+            out = tvm.runtime.tensor(np.zeros(want.shape, np.int32))
+            lib["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(w), out)
+            np.testing.assert_array_equal(out.numpy(), want, err_msg=str(knobs))
 
 
-def test_activation_matmul_declines(tmp_path):
-    """Attention-style matmul of two quantized activations: an int32 x int32 matmul, not the
-    template's."""
+def test_activation_matmul_fires(tmp_path):
+    """Attention-style matmul of two quantized activations with awkward sizes (K and N not
+    multiples of 4 or 16, like DeiT's 197 tokens): qdq lowers it to u8 x s8 plus exact
+    zero-point corrections, and int8_matmul computes it, bit-exact."""
     rng = _rng("act x act")
-    a, b = _act(rng, (2, 6, 16), "uint8"), _act(rng, (2, 16, 9), "int8")
+    a, b = _act(rng, (2, 13, 29), "uint8"), _act(rng, (2, 29, 23), "uint8")
+    p = {"sa": 0.02, "za": 131, "sb": 0.05, "zb": 120}
+    acc = (a.astype(np.int64) - p["za"]) @ (b.astype(np.int64) - p["zb"])
+    so, zo = _out_params(acc * p["sa"] * p["sb"], "uint8")
     nodes = [
         helper.make_node("DequantizeLinear", ["a", "sa", "za"], ["af"]),
         helper.make_node("DequantizeLinear", ["b", "sb", "zb"], ["bf"]),
@@ -159,22 +189,23 @@ def test_activation_matmul_declines(tmp_path):
         helper.make_node("QuantizeLinear", ["yf", "so", "zo"], ["y"]),
     ]
     inits = {
-        "sa": np.array(0.02, np.float32), "za": np.array(131, np.uint8),
-        "sb": np.array(0.05, np.float32), "zb": np.array(-3, np.int8),
-        "so": np.array(0.2, np.float32), "zo": np.array(128, np.uint8),
+        "sa": np.array(p["sa"], np.float32), "za": np.array(p["za"], np.uint8),
+        "sb": np.array(p["sb"], np.float32), "zb": np.array(p["zb"], np.uint8),
+        "so": np.array(so, np.float32), "zo": np.array(zo, np.uint8),
     }  # fmt: skip
     model = _model(
         nodes,
-        [helper.make_tensor_value_info("a", NP2ONNX["uint8"], [2, 6, 16]),
-         helper.make_tensor_value_info("b", NP2ONNX["int8"], [2, 16, 9])],
-        [helper.make_tensor_value_info("y", NP2ONNX["uint8"], [2, 6, 9])],
+        [helper.make_tensor_value_info("a", NP2ONNX["uint8"], list(a.shape)),
+         helper.make_tensor_value_info("b", NP2ONNX["uint8"], list(b.shape))],
+        [helper.make_tensor_value_info("y", NP2ONNX["uint8"], [2, 13, 23])],
         inits,
     )  # fmt: skip
-    _, _, records = _run_int(model, [a, b], tmp_path)
+    got, _, records = _run_int(model, [a, b], tmp_path)
+    mult = np.float64(np.float32(p["sa"])) * np.float64(np.float32(p["sb"]))
+    mult /= np.float64(np.float32(so))
+    np.testing.assert_array_equal(got, qdq.requantize_ref([(acc, mult)], zo, "uint8"))
     (record,) = [r for r in records if "matmul" in r["kernel"]]
-    assert record["template"] == "matmul"
-    if _isa("x86_64"):
-        assert "int8_matmul: not a u8 x s8 -> s32 matmul" in record["declined"]
+    assert record["template"] == ("int8_matmul" if _isa("x86_64") else "matmul"), record
 
 
 @pytest.mark.parametrize("target", TARGETS)
