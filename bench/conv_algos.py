@@ -279,8 +279,11 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=40)
     ap.add_argument("--budget-timing", type=float, default=20.0)
     ap.add_argument("--workdir", type=Path, help="keep models, artifacts and the tuning cache")
-    ap.add_argument("--int8", action="store_true",
-                    help="the models' QDQ form: int8 convs, direct vs im2win (vs onnxruntime int8)")
+    ap.add_argument(
+        "--int8",
+        action="store_true",
+        help="the models' QDQ form: int8 convs, direct vs im2win (vs onnxruntime int8)",
+    )
     ap.add_argument("--json", type=Path, help="write the results (and read them: --tables)")
     ap.add_argument("--tables", action="store_true", help="only print the tables of --json")
     ap.add_argument("--search-none", action="store_true",

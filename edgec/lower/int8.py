@@ -281,8 +281,8 @@ class Int8Matmul:
         # products of padded K are 0, padded columns are dropped)
         xcopy = wcache = None
         if info["m"] % mb or pad_n or pad_k:
-            sch.pad_einsum(mm, [1] * nbatch + [mb if info["m"] % mb else 1,
-                                               fk * FB if pad_n else 1, CB if pad_k else 1])  # fmt: skip
+            tile = [mb if info["m"] % mb else 1, fk * FB if pad_n else 1, CB if pad_k else 1]
+            sch.pad_einsum(mm, [1] * nbatch + tile)
             copy_out = sch.get_consumers(mm)[0]  # the padded accumulator -> the unpadded one
             if not sch.get(copy_out).same_as(sch.get(out)):
                 sch.compute_inline(copy_out)
