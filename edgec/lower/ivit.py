@@ -110,6 +110,7 @@ def shiftmax_func(
                 for i in T.parallel(rows):
                     m = T.alloc_buffer((1,), I32, scope="local")
                     s = T.alloc_buffer((1,), "int64", scope="local")
+                    ex = T.alloc_buffer((width,), I32, scope="local")  # the row's exponentials
                     m[0] = T.Cast(I32, x[i, 0])
                     for j in range(width):
                         m[0] = T.max(m[0], T.Cast(I32, x[i, j]))
@@ -118,15 +119,12 @@ def shiftmax_func(
                         d = T.shift_left(T.Cast(I32, x[i, j]) - m[0], shift)
                         p = T.max(d + T.shift_right(d, 1) - T.shift_right(d, 4), floor_)
                         q = T.truncdiv(0 - p, -x0)  # p <= 0: floor(p / x0) = trunc(-p / -x0)
-                        e = T.shift_right(T.shift_left(p - q * x0 - 2 * x0, n - q), 1)
-                        s[0] = s[0] + T.Cast("int64", e)
+                        ex[j] = T.shift_right(T.shift_left(p - q * x0 - 2 * x0, n - q), 1)
+                    for j in range(width):
+                        s[0] = s[0] + T.Cast("int64", ex[j])
                     f = T.Cast(I32, T.floordiv(T.int64(INT32_MAX), T.min(s[0], T.int64(INT32_MAX))))
                     for j in range(width):
-                        d2 = T.shift_left(T.Cast(I32, x[i, j]) - m[0], shift)
-                        p2 = T.max(d2 + T.shift_right(d2, 1) - T.shift_right(d2, 4), floor_)
-                        q2 = T.truncdiv(0 - p2, -x0)
-                        e2 = T.shift_right(T.shift_left(p2 - q2 * x0 - 2 * x0, n - q2), 1)
-                        v = T.shift_right(f * e2, out_shift)
+                        v = T.shift_right(f * ex[j], out_shift)
                         if requant is None:
                             out[i, j] = v
                         else:
