@@ -314,9 +314,19 @@ class Int8Matmul:
         tiles = [jo, io] if order == "nm" else [io, jo]
         sch.reorder(*batch, *tiles, ko, ii, jm, jf, ki)
         # the epilogue per tile, vectorized along n (contiguous stores)
-        sch.reverse_compute_at(out, tiles[-1])
-        epi = _sched()._loops_below(sch, out, tiles[-1])
-        sch.vectorize(epi[-1])
+        if pad_n:  # per tile, the last one's columns would need a predicate (scalar code):
+            # the epilogue runs after the matmul on whole rows, its 16-column runs vectorized
+            # and the N % 16 tail apart (loop_partition)
+            *rows, cols = sch.get_loops(out)
+            full = info["n"] // 16 * 16
+            if full:
+                head = sch.loop_partition(cols, [full, None])[0]
+                sch.vectorize(sch.split(head, [None, 16])[1])
+            _sched()._parallel_outer(sch, rows)
+        else:
+            sch.reverse_compute_at(out, tiles[-1])
+            epi = _sched()._loops_below(sch, out, tiles[-1])
+            sch.vectorize(epi[-1])
         _sched()._parallel_outer(sch, [*batch, *tiles])
         if xcopy is not None:  # rows in parallel, 64-byte vectors along k
             *rows, kx = sch.get_loops(xcopy)
