@@ -127,6 +127,7 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
     calib_preprocess: str | None = None,
     dfq: bool = False,
     keep_float: str | Iterable[str] | None = None,
+    int8_min_cosine: float | None = None,
     rpc: str | None = None,
     tracker: str | None = None,
     key: str = "",
@@ -158,9 +159,9 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
     ``int8=True`` quantizes the graph after the passes (``edgec.quant``): ``calib`` (a path, or
     ``"synthetic"``), ``calib_samples``, ``calib_method`` (minmax, percentile, entropy),
     ``calib_preprocess`` (images), ``dfq`` (data-free quantization), ``keep_float`` ("auto" or
-    node names). Verification then measures accuracy against the fp32 model (cosine >=
-    ``verify.MIN_COSINE["int8"]``, scaled error <= ``tolerance``, default
-    ``verify.TOLERANCE["int8"]``).
+    node names). Verification then measures accuracy against the fp32 model (worst-sample
+    cosine >= ``int8_min_cosine``, default ``verify.MIN_COSINE["int8"]``) and the lowering
+    against the QDQ model (scaled error <= ``tolerance``, default ``verify.TOLERANCE["int8"]``).
 
     Raises InvalidInputError (bad input), UnsupportedModelError (ops TVM cannot lower) or
     VerificationError (results differ from onnxruntime beyond ``tolerance``); in every error case
@@ -320,7 +321,7 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
         elif verify_result and quantized is not None:
             with step("verify", "verify int8 accuracy against the fp32 model"):
                 report["verification"] = _verify_int8(
-                    tmp, imported, quantized, given_tolerance, threads, floor
+                    tmp, imported, quantized, given_tolerance, threads, floor, int8_min_cosine
                 )
             if not report["verification"]["passed"]:
                 raise VerificationError(_verification_message(report["verification"]), report)
@@ -500,11 +501,12 @@ def _int8_options(int8, calib, calib_samples, calib_method, calib_preprocess, df
 
 def _verify_int8(
     lib_dir: Path, imported, quantized, tolerance: float | None, threads: int,
-    ivit_floor: float | None = None,
+    ivit_floor: float | None = None, min_cosine: float | None = None,
 ):  # fmt: skip
     """The artifact on the accuracy samples against (1) the QDQ model in onnxruntime, which it
     implements: scaled error <= ``tolerance`` (the lowering's error), and (2) the fp32 model:
-    worst per-sample cosine >= ``verify.MIN_COSINE["int8"]`` (the quantization's error)."""
+    worst per-sample cosine >= ``min_cosine`` (default ``verify.MIN_COSINE["int8"]``: the
+    quantization's error)."""
     from edgec import lower
     from edgec.quant import accuracy
 
@@ -522,7 +524,7 @@ def _verify_int8(
     vs_fp32 = accuracy.compare(actual, quantized.reference[: len(samples)])
     worst_lowering, worst_fp32 = accuracy.summary(lowering), accuracy.summary(vs_fp32)
     tolerance = verify.TOLERANCE["int8"] if tolerance is None else tolerance
-    floor = verify.MIN_COSINE["int8"]
+    floor = verify.MIN_COSINE["int8"] if min_cosine is None else min_cosine
     return {
         "inputs": quantized.accuracy["inputs"] + f", first {len(samples)}",
         "reference": "the QDQ model.onnx in onnxruntime (optimizations off); accuracy: the fp32 "

@@ -130,7 +130,7 @@ def _pass_options(f):
 
 
 _INT8_KEYS = ("int8", "calib", "calib_samples", "calib_method", "calib_preprocess", "dfq",
-              "keep_float")  # fmt: skip
+              "keep_float", "int8_min_cosine")  # fmt: skip
 
 
 def _int8_options(f):
@@ -153,6 +153,9 @@ def _int8_options(f):
                      "absorption and correction (without --calib: synthetic ranges, warned)."),
         click.option("--keep-float", default=None, metavar="auto|NODE,...",
                      help="Layers kept in fp32: 'auto' (measured sensitivity vs gain) or names."),
+        click.option("--int8-min-cosine", type=float, default=None, metavar="C",
+                     help="Accuracy floor: worst-sample cosine of the int8 artifact vs the fp32 "
+                     "model [0.98]; below it the compile fails (exit 1)."),
     ]  # fmt: skip
     for option in reversed(options):
         f = option(f)

@@ -144,3 +144,18 @@ def test_int8_verification_failure_exits_1_and_writes_nothing(cli, tmp_path, mon
             "--no-bench")  # fmt: skip
     assert r.code == 1 and "worst-sample cosine >= 1" in r.err, r.err
     assert "[FAIL]" in r.err and not out.exists()
+
+
+def test_int8_min_cosine_sets_the_accuracy_floor(cli, tmp_path):
+    """--int8-min-cosine replaces the 0.98 floor of the int8-vs-fp32 check: far above what int8
+    reaches it fails (exit 1, nothing written); a lower floor is recorded in the report."""
+    failed = tmp_path / "failed"
+    r = cli("compile", model_path("digits_cnn"), "-o", failed, "--int8", "--calib", "synthetic",
+            "--no-bench", "--int8-min-cosine", "0.9999999")  # fmt: skip
+    assert r.code == 1 and "worst-sample cosine >= 1" in r.err and not failed.exists(), r.err
+    out = tmp_path / "out"
+    r = cli("compile", model_path("digits_cnn"), "-o", out, "--int8", "--calib", "synthetic",
+            "--no-bench", "--int8-min-cosine", "0.9", "--json")  # fmt: skip
+    assert r.code == 0, r.err
+    v = json.loads(r.out)["verification"]
+    assert v["passed"] and v["min_cosine_required"] == 0.9
