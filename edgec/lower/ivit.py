@@ -4,11 +4,13 @@ Each kernel is one hand-scheduled PrimFunc over a 2-D ``[rows, width]`` view: ro
 per-row scalars (max, sum, mean, sqrt, reciprocal) in registers, the element loops plain and
 branch-free so that LLVM vectorizes them. Constants (x0, n, shifts, multipliers) are baked in as
 literals; per-channel vectors (LayerNorm bias, per-channel requant) are constant buffers.
+``Template`` makes them a schedule template: the variants of a kernel (``exp`` for Shiftmax,
+``var`` for I-LayerNorm), regenerated from their knobs, are candidates of the search.
 
 An optional output requantization (``Requant``) turns a kernel into a whole QDQ island: integer
 codes in, ``clip(round_half_even(v * b / 2^c) + zero_point)`` codes out. Kernels carry the
-function attribute ``edgec.ivit`` (their name) and are scheduled already: the schedule templates
-decline them (no blocks).
+function attributes ``edgec.ivit`` (their name) and ``edgec.ivit_key`` (the generator of their
+variants).
 """
 
 from __future__ import annotations
@@ -86,10 +88,16 @@ def shiftmax_func(
     n: int = intops.SHIFTMAX_N,
     requant: Requant | None = None,
     shift: int = 0,
+    exp: str = "cache",
 ) -> tirx.PrimFunc:
     """Shiftmax over the last axis (int32 inside; the row sum in int64, clamped to 2^31 - 1).
 
-    Output: the ``out_bits`` codes as int32, or ``requant``'s codes."""
+    Output: the ``out_bits`` codes as int32, or ``requant``'s codes. ``exp`` (a schedule knob):
+    ``cache`` keeps the row's exponentials in a local buffer between the sum and the
+    normalization, ``recompute`` computes them twice (less memory traffic for long rows)."""
+    if exp not in ("cache", "recompute"):
+        raise ValueError(f"Shiftmax exp must be 'cache' or 'recompute', not {exp!r}")
+    cache = exp == "cache"
     x0 = intops.shift_exp_x0(scale / 2**shift)
     if -x0 * 2 ** (n + 1) > INT32_MAX:
         raise ValueError(f"Shiftmax: |x0| * 2^(n+1) exceeds int32 (scale {scale}, n {n})")
@@ -119,16 +127,32 @@ def shiftmax_func(
                         d = T.shift_left(T.Cast(I32, x[i, j]) - m[0], shift)
                         p = T.max(d + T.shift_right(d, 1) - T.shift_right(d, 4), floor_)
                         q = T.truncdiv(0 - p, -x0)  # p <= 0: floor(p / x0) = trunc(-p / -x0)
-                        ex[j] = T.shift_right(T.shift_left(p - q * x0 - 2 * x0, n - q), 1)
-                    for j in range(width):
-                        s[0] = s[0] + T.Cast("int64", ex[j])
+                        e = T.shift_right(T.shift_left(p - q * x0 - 2 * x0, n - q), 1)
+                        if cache:
+                            ex[j] = e
+                        else:
+                            s[0] = s[0] + T.Cast("int64", e)
+                    if cache:
+                        for j in range(width):
+                            s[0] = s[0] + T.Cast("int64", ex[j])
                     f = T.Cast(I32, T.floordiv(T.int64(INT32_MAX), T.min(s[0], T.int64(INT32_MAX))))
                     for j in range(width):
-                        v = T.shift_right(f * ex[j], out_shift)
-                        if requant is None:
-                            out[i, j] = v
+                        if cache:
+                            v = T.shift_right(f * ex[j], out_shift)
+                            if requant is None:
+                                out[i, j] = v
+                            else:
+                                out[i, j] = _requant_expr(v, requant)
                         else:
-                            out[i, j] = _requant_expr(v, requant)
+                            d2 = T.shift_left(T.Cast(I32, x[i, j]) - m[0], shift)
+                            p2 = T.max(d2 + T.shift_right(d2, 1) - T.shift_right(d2, 4), floor_)
+                            q2 = T.truncdiv(0 - p2, -x0)
+                            e2 = T.shift_right(T.shift_left(p2 - q2 * x0 - 2 * x0, n - q2), 1)
+                            v2 = T.shift_right(f * e2, out_shift)
+                            if requant is None:
+                                out[i, j] = v2
+                            else:
+                                out[i, j] = _requant_expr(v2, requant)
 
     return _finish(kernel, "ivit_shiftmax")
 
@@ -206,11 +230,21 @@ def layernorm_func(
     sqrt_start: str = "fixed",
     requant: Requant | None = None,
     shift: int = 0,
+    var: str = "two_pass",
 ) -> tirx.PrimFunc:
     """I-LayerNorm over the last axis in int64: ``floor(y * f / 2) + B[c]`` (int64), or
-    ``requant``'s codes (per channel: the output scale is per channel)."""
+    ``requant``'s codes (per channel: the output scale is per channel).
+
+    ``var`` (a schedule knob): ``two_pass`` sums ``(x - mean)^2`` after the mean; ``one_pass``
+    sums ``x`` and ``x^2`` together and takes ``sum x^2 - 2 mean sum x + C mean^2``: the same
+    integer (an identity), valid while ``C * x^2`` fits int64 (``one_pass_fits``)."""
     if sqrt_start not in ("fixed", "bitlen"):
         raise ValueError(f"sqrt start must be 'fixed' or 'bitlen', not {sqrt_start!r}")
+    if var not in ("two_pass", "one_pass"):
+        raise ValueError(f"I-LayerNorm var must be 'two_pass' or 'one_pass', not {var!r}")
+    if var == "one_pass" and not one_pass_fits(channels, in_dtype, shift):
+        raise ValueError(f"one-pass variance overflows int64 ({channels} x {in_dtype} << {shift})")
+    one_pass = var == "one_pass"
     bitlen = sqrt_start == "bitlen"
     out_dtype = requant.dtype if requant else "int64"
     rq = requant or Requant(0, 1, 0, "int64")
@@ -233,12 +267,17 @@ def layernorm_func(
                 T.writes(out[0:rows, 0:channels])
                 for i in T.parallel(rows):
                     acc = T.alloc_buffer((1,), I64, scope="local")
+                    sq = T.alloc_buffer((1,), I64, scope="local")
                     var = T.alloc_buffer((1,), I64, scope="local")
                     k = T.alloc_buffer((1,), I64, scope="local")
                     w = T.alloc_buffer((1,), I64, scope="local")
                     acc[0] = T.int64(0)
+                    sq[0] = T.int64(0)
                     for j in range(channels):
-                        acc[0] = acc[0] + T.shift_left(T.Cast(I64, x[i, j]), T.int64(shift))
+                        xs = T.shift_left(T.Cast(I64, x[i, j]), T.int64(shift))
+                        acc[0] = acc[0] + xs
+                        if one_pass:
+                            sq[0] = sq[0] + xs * xs
                     qm = T.floordiv(acc[0], T.int64(channels))
                     twice = 2 * (acc[0] - qm * channels)
                     mean = qm + T.Select(
@@ -247,10 +286,13 @@ def layernorm_func(
                         T.int64(1),
                         T.int64(0),
                     )
-                    var[0] = T.int64(0)
-                    for j in range(channels):
-                        y = T.shift_left(T.Cast(I64, x[i, j]), T.int64(shift)) - mean
-                        var[0] = var[0] + y * y
+                    if one_pass:
+                        var[0] = sq[0] - 2 * mean * acc[0] + T.int64(channels) * mean * mean
+                    else:
+                        var[0] = T.int64(0)
+                        for j in range(channels):
+                            y = T.shift_left(T.Cast(I64, x[i, j]), T.int64(shift)) - mean
+                            var[0] = var[0] + y * y
                     if bitlen:
                         w[0] = var[0]
                         k[0] = T.int64(0)  # bit length by binary search
@@ -280,7 +322,13 @@ def layernorm_func(
                         else:
                             out[i, j] = _requant_expr(v, rq, rq_b[j], rq_c[j])
 
-    return _finish(kernel, "ivit_layernorm")
+    return _finish(kernel, "ivit_layernorm").with_attr("edgec.ivit_shift", shift)
+
+
+def one_pass_fits(channels: int, in_dtype: str, shift: int) -> bool:
+    """``channels * (x << shift)^2`` (and ``2 mean sum x``) within int64 for every input."""
+    bits = np.dtype(in_dtype).itemsize * 8 + shift
+    return 2 * bits + int(np.ceil(np.log2(max(channels, 2)))) + 1 <= 62
 
 
 def layernorm_constants(channels: int, bias: np.ndarray, requant: Requant | None):
@@ -313,23 +361,93 @@ def emit(bb: relax.BlockBuilder, kind: str, x: relax.Expr, **params) -> relax.Ex
     flat = bb.emit(relax.op.reshape(x, (rows, width)))
     consts: list[relax.Expr] = []
     if kind == "shiftmax":
-        func = shiftmax_func(rows, width, in_dtype, **params)
+
+        def make(knobs):
+            return shiftmax_func(rows, width, in_dtype, **params, **knobs)
     elif kind == "shift_gelu":
-        func = shift_gelu_func(rows, width, in_dtype, **params)
+
+        def make(knobs):
+            return shift_gelu_func(rows, width, in_dtype, **params, **knobs)
     elif kind == "layernorm":
         params = dict(params)
         bias, _ = intops.layernorm_bias(params.pop("gamma"), params.pop("beta"), width)
-        func = layernorm_func(rows, width, in_dtype, bias, **params)
+
+        def make(knobs):
+            return layernorm_func(rows, width, in_dtype, bias, **params, **knobs)
+
         consts = [
             relax.const(a, "int64") for a in layernorm_constants(width, bias, params.get("requant"))
         ]
     else:
         raise ValueError(f"unknown I-ViT kernel {kind!r}")
+    func = _keyed(make)
     out_dtype = _out_dtype(kind, params)
     gv = bb.add_func(func.without_attr("global_symbol"), f"ivit_{kind}")
     call = relax.call_tir(gv, [flat, *consts], relax.TensorType((rows, width), out_dtype))
     out = bb.emit(call)
     return bb.emit(relax.op.reshape(out, shape))
+
+
+# ---------------------------------------------------------------- the schedule template
+
+# kernel key (structural hash of its default form) -> knobs -> the kernel with those knobs
+_MAKERS: dict[str, object] = {}
+
+
+def _keyed(make) -> tirx.PrimFunc:
+    import tvm_ffi
+
+    func = make({})
+    key = f"{tvm_ffi.structural_hash(func) & (2**64 - 1):016x}"
+    _MAKERS[key] = make
+    return func.with_attr("edgec.ivit_key", key)
+
+
+def _space(kind: str, func: tirx.PrimFunc) -> list[dict]:
+    if kind == "ivit_shiftmax":
+        return [{"exp": "cache"}, {"exp": "recompute"}]
+    if kind == "ivit_layernorm":
+        x = func.params[0].ty
+        rows_channels = [int(d) for d in x.shape]
+        space = [{"var": "two_pass"}]
+        shift = int(func.attrs["edgec.ivit_shift"])
+        if one_pass_fits(rows_channels[1], str(x.dtype), shift):
+            space.append({"var": "one_pass"})
+        return space
+    return [{}]
+
+
+class Template:
+    """The I-ViT kernels as a schedule template: each is generated again with its knobs
+    (Shiftmax: exponentials cached or recomputed; I-LayerNorm: one- or two-pass variance;
+    ShiftGELU: none), every variant bit-exact, so the latency-measured search times them like
+    any kernel. Kernels not made by ``emit`` (no key) stay as they are."""
+
+    name = "ivit"
+
+    def match(self, func: tirx.PrimFunc) -> dict:
+        from edgec.lower import schedules
+
+        if func.attrs is None or "edgec.ivit" not in func.attrs:
+            raise schedules.NotMine("not an I-ViT kernel")
+        key = str(func.attrs["edgec.ivit_key"]) if "edgec.ivit_key" in func.attrs else ""
+        kind = str(func.attrs["edgec.ivit"])
+        return {"key": key, "kind": kind, "flops": 0, "space": _space(kind, func)}
+
+    def space(self, info: dict, lanes: int) -> list[dict]:
+        return info["space"] if info["key"] in _MAKERS else [{}]
+
+    def default(self, info: dict, lanes: int) -> dict:
+        return self.space(info, lanes)[0]
+
+    def apply(self, func: tirx.PrimFunc, info: dict, knobs: dict) -> tirx.PrimFunc:
+        if not knobs or info["key"] not in _MAKERS:
+            return func
+        new = _MAKERS[info["key"]](knobs).without_attr("global_symbol")
+        return new.with_attr("edgec.ivit_key", info["key"])
+
+
+TEMPLATE = Template()
 
 
 def _out_dtype(kind: str, params: dict) -> str:

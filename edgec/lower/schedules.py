@@ -408,10 +408,11 @@ def _templates() -> tuple:
     # int8 templates first: they decline anything not u8 x s8 (int8_arm: s8 x s8 on arm64 sdot).
     # Then the convolution algorithms other than direct (edgec.lower.conv_algos), matched by
     # block name: Conv2d would also match an im2win/im2col reduction.
-    from edgec.lower import im2col, im2win, int8_arm, winograd
+    # The I-ViT kernels (opaque, hand-written: their template regenerates them) come first.
+    from edgec.lower import im2col, im2win, int8_arm, ivit, winograd
 
-    return (*int8.TEMPLATES, *int8_arm.TEMPLATES, im2win.TEMPLATE, im2col.TEMPLATE,
-            winograd.TEMPLATE, Conv2d(), Matmul(), Generic())  # fmt: skip
+    return (ivit.TEMPLATE, *int8.TEMPLATES, *int8_arm.TEMPLATES, im2win.TEMPLATE,
+            im2col.TEMPLATE, winograd.TEMPLATE, Conv2d(), Matmul(), Generic())  # fmt: skip
 
 
 TEMPLATES: tuple = ()  # filled at the end of this module (the templates import its helpers)
@@ -473,9 +474,6 @@ def apply_all(
         if not isinstance(func, tirx.PrimFunc):
             continue
         record = {"kernel": gv.name_hint, "template": None}
-        if func.attrs is not None and "edgec.ivit" in func.attrs:  # scheduled by edgec.lower.ivit
-            records.append({**record, "template": "ivit", "knobs": {}, "flops": 0})
-            continue
         for template in TEMPLATES:
             try:
                 info = template.match(func)

@@ -109,3 +109,59 @@ def test_fused_requantization():
         I.quantize_codes(I.i_layernorm(x, gamma, beta)[0], s_ln, 0.031, -2, "int8"),
     ]
     check(cases, want)
+
+
+@pytest.mark.parametrize("knob", [("ivit_shiftmax", {"exp": "recompute"}),
+                                  ("ivit_layernorm", {"var": "one_pass"})])  # fmt: skip
+def test_every_knob_variant_bit_exact(knob):
+    """The I-ViT schedule template (``ivit.Template``): each kernel's variants (the search's
+    candidates) are in its space and bit-exact with intops, overflow edges included."""
+    from edgec.lower import schedules
+
+    kind, variant = knob
+    c = 384
+    x = (RNG.integers(-3000, 3000, (64, c)) + RNG.integers(-5000, 5000, (64, 1))).astype(np.int16)
+    x[1] = np.where(RNG.random(c) < 0.5, -(2**15), 2**15 - 1)  # var > 2^32
+    x8 = RNG.integers(-128, 128, (16, 192)).astype(np.int8)
+    gamma, beta = RNG.uniform(0.2, 2.0, c), RNG.normal(0, 1, c)
+    logits = RNG.integers(-128, 128, (3, 197, 197)).astype(np.int8)
+    cases = {
+        "ivit_shiftmax": [("shiftmax", logits, {"scale": 0.052}),
+                          ("shiftmax", np.zeros((2, 4096), np.int8), {"scale": 0.05})],
+        "ivit_layernorm": [("layernorm", x, {"gamma": gamma, "beta": beta}),
+                           ("layernorm", x8, {"gamma": gamma[:192], "beta": beta[:192],
+                                              "sqrt_start": "bitlen", "shift": 16})],
+    }[kind]  # fmt: skip
+    bb = relax.BlockBuilder()
+    xs = [relax.Var(f"x{i}", relax.TensorType(a.shape, str(a.dtype))) for i, (_, a, _) in
+          enumerate(cases)]  # fmt: skip
+    with bb.function("main", xs):
+        with bb.dataflow():
+            outs = [ivit.emit(bb, k, v, **p) for v, (k, _, p) in zip(xs, cases, strict=True)]
+            out = bb.emit_output(relax.Tuple(outs))
+        bb.emit_func_output(out)
+    spaces = []
+
+    def choose(name, info, space, default):
+        spaces.append(space)
+        assert default == space[0] and variant in space, space
+        return variant
+
+    target = tvm.target.Target(TARGET)
+    with target:
+        mod, records = schedules.apply_all(bb.get(), 16, choose=choose)
+    assert [r["template"] for r in records] == ["ivit"] * len(cases)
+    assert all(r["knobs"] == variant for r in records), records
+    vm = relax.VirtualMachine(tvm.compile(mod, target=target), tvm.cpu())
+    got = vm["main"](*[tvm.runtime.tensor(a) for _, a, _ in cases])
+    want = [{"shiftmax": I.shiftmax, "layernorm": I.i_layernorm}[k](a, **p)[0]
+            for k, a, p in cases]  # fmt: skip
+    for g, w in zip(got, want, strict=True):
+        assert np.array_equal(g.numpy().astype(np.int64), w.astype(np.int64))
+
+
+def test_one_pass_variance_is_offered_only_when_it_fits():
+    assert ivit.one_pass_fits(192, "int8", 16) and ivit.one_pass_fits(4096, "int16", 0)
+    assert not ivit.one_pass_fits(4096, "int32", 0)
+    with pytest.raises(ValueError, match="overflows int64"):
+        ivit.layernorm_func(4, 4096, "int32", np.zeros(4096), var="one_pass")
