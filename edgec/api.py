@@ -207,10 +207,15 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
         with step("quantize", "quantize to int8"):
             if verify_inputs:
                 verify.check_inputs(imported.inputs, verify_inputs)
+            layer_latency = None
+            if int8_options.keep_float == "auto" and tgt.device == "cpu" and not tgt.cross:
+                from edgec.lower.layer_latency import LayerLatency
+
+                layer_latency = LayerLatency(optimized, tgt, threads)
             quantized = quant.quantize(
                 optimized, imported.inputs, int8_options, source=imported.model,
                 verify_samples=[dict(verify_inputs)] if verify_inputs else None, seed=seed,
-                log=log,
+                layer_latency=layer_latency, log=log,
             )  # fmt: skip
             optimized = quantized.model
     to_build, ivit_report = _ivit(optimized, seed, step)

@@ -6,11 +6,12 @@ For each weight layer L (Conv, ConvTranspose, Gemm, MatMul):
 - **error**: the model is quantized with only L in int8 (onnxruntime ``nodes_to_quantize``, the
   calibration reused) and run on the samples in onnxruntime; ``nsr`` = ||y_q - y||^2 / ||y||^2
   over all outputs and samples, against fp32.
-- **gain**: the time int8 saves on L. ``latency(node) -> (fp32_ms, int8_ms)`` plugs in measured
-  kernel times; without it (the int8 kernels of the lowering are not measured yet) a roofline
-  proxy from L's FLOPs and bytes: ``ms = max(flops / peak, bytes / bandwidth)`` with the nominal
-  machine ``PROXY`` (int8: 4x the fp32 op rate, 1/4 of the activation and weight bytes). The
-  report says which was used.
+- **gain**: the time int8 saves on L. ``latency(node) -> (fp32_ms, int8_ms) | None`` gives
+  measured kernel times (``edgec.lower.layer_latency``: L alone, compiled both ways and timed on
+  this machine; what ``edgec.compile`` passes for targets that run here); without it, or for a
+  layer it cannot isolate, a roofline proxy from L's FLOPs and bytes: ``ms = max(flops / peak,
+  bytes / bandwidth)`` with the nominal machine ``PROXY`` (int8: 4x the fp32 op rate, 1/4 of the
+  activation and weight bytes). The report says which was used, per layer.
 
 L stays float when its error share (nsr / sum nsr) exceeds ``COST_RATIO`` times its gain share
 (saving / sum saving) and its own nsr is above ``MIN_NSR`` (an error nobody would notice is
@@ -24,7 +25,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import onnx
 
-Latency = Callable[[onnx.NodeProto], tuple[float, float]]
+Latency = Callable[[onnx.NodeProto], tuple[float, float] | None]
 
 COST_RATIO = 2.0
 MIN_NSR = 1e-4
@@ -109,10 +110,12 @@ def choose(
     for k, node in enumerate(layers, 1):
         err = error(quantizer(include=[node.name]))
         costs = layer_costs(model, node, shapes)
-        fp32_ms, int8_ms = latency(node) if latency else proxy_ms(costs)
+        measured = latency(node) if latency else None
+        fp32_ms, int8_ms = measured or proxy_ms(costs)
         rows.append({"node": node.name, "op": node.op_type, **costs, "nsr": err,
                      "fp32_ms": fp32_ms, "int8_ms": int8_ms,
-                     "saving_ms": max(fp32_ms - int8_ms, 0.0)})  # fmt: skip
+                     "saving_ms": max(fp32_ms - int8_ms, 0.0),
+                     "gain_source": "measured" if measured else "proxy"})  # fmt: skip
         log(f"keep-float auto: layer {k}/{len(layers)} {node.name}: nsr {err:.3g}")
     total_err = sum(r["nsr"] for r in rows) or 1.0
     total_gain = sum(r["saving_ms"] for r in rows) or 1.0
@@ -131,9 +134,10 @@ def choose(
         "rule": f"float when nsr > {MIN_NSR:g} and error share > {COST_RATIO:g} x gain share",
         "error_metric": "nsr = ||y_q - y||^2 / ||y||^2 with only this layer in int8, over "
         f"{len(samples)} sample(s), vs fp32 in onnxruntime",
-        "gain": "measured kernel latency"
+        "gain": "measured: each layer alone, fp32 and int8 kernels compiled and timed on this "
+        "machine (edgec.lower.layer_latency; rows with gain_source proxy: not isolable)"
         if latency
-        else "roofline proxy (int8 kernels not measured): "
+        else "roofline proxy (target not runnable here): "
         "ms = max(flops / peak, bytes / bandwidth), "
         f"nominal fp32 {PROXY['fp32_gflops']:g} GFLOP/s, int8 {PROXY['int8_gops']:g} GOP/s, "
         f"{PROXY['gbytes_per_s']:g} GB/s",
