@@ -17,8 +17,8 @@ RNG = np.random.default_rng(20261121)
 TARGET = {"kind": "llvm", "mcpu": "generic"}
 
 
-def run_all(cases: list[tuple[str, np.ndarray, dict]]) -> list[np.ndarray]:
-    """Compile one Relax module holding every case's kernel; return each output."""
+def module(cases: list[tuple[str, np.ndarray, dict]]):
+    """One Relax module holding every case's kernel (one input and one output each)."""
     bb = relax.BlockBuilder()
     xs = [relax.Var(f"x{i}", relax.TensorType(x.shape, str(x.dtype))) for i, (_, x, _) in
           enumerate(cases)]  # fmt: skip
@@ -27,7 +27,12 @@ def run_all(cases: list[tuple[str, np.ndarray, dict]]) -> list[np.ndarray]:
             outs = [ivit.emit(bb, kind, v, **p) for v, (kind, _, p) in zip(xs, cases, strict=True)]
             out = bb.emit_output(relax.Tuple(outs))
         bb.emit_func_output(out)
-    ex = tvm.compile(bb.get(), target=tvm.target.Target(TARGET))
+    return bb.get()
+
+
+def run_all(cases: list[tuple[str, np.ndarray, dict]]) -> list[np.ndarray]:
+    """Compile ``module(cases)``; return each case's output."""
+    ex = tvm.compile(module(cases), target=tvm.target.Target(TARGET))
     vm = relax.VirtualMachine(ex, tvm.cpu())
     res = vm["main"](*[tvm.runtime.tensor(x) for _, x, _ in cases])
     return [r.numpy() for r in res]
@@ -132,14 +137,6 @@ def test_every_knob_variant_bit_exact(knob):
                            ("layernorm", x8, {"gamma": gamma[:192], "beta": beta[:192],
                                               "sqrt_start": "bitlen", "shift": 16})],
     }[kind]  # fmt: skip
-    bb = relax.BlockBuilder()
-    xs = [relax.Var(f"x{i}", relax.TensorType(a.shape, str(a.dtype))) for i, (_, a, _) in
-          enumerate(cases)]  # fmt: skip
-    with bb.function("main", xs):
-        with bb.dataflow():
-            outs = [ivit.emit(bb, k, v, **p) for v, (k, _, p) in zip(xs, cases, strict=True)]
-            out = bb.emit_output(relax.Tuple(outs))
-        bb.emit_func_output(out)
     spaces = []
 
     def choose(name, info, space, default):
@@ -149,7 +146,7 @@ def test_every_knob_variant_bit_exact(knob):
 
     target = tvm.target.Target(TARGET)
     with target:
-        mod, records = schedules.apply_all(bb.get(), 16, choose=choose)
+        mod, records = schedules.apply_all(module(cases), 16, choose=choose)
     assert [r["template"] for r in records] == ["ivit"] * len(cases)
     assert all(r["knobs"] == variant for r in records), records
     vm = relax.VirtualMachine(tvm.compile(mod, target=target), tvm.cpu())
