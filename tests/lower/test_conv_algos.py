@@ -353,7 +353,7 @@ def _conv_records(report: dict) -> list[dict]:
 def test_search_picks_the_fastest_algorithm_per_layer(tmp_path: Path, fake_times):
     path = tmp_path / "two.onnx"
     onnx.save(_two_layer_model(), path)
-    report = edgec.compile(path, tmp_path / "out", bench=False, search="full",
+    report = edgec.compile(path, tmp_path / "out", bench=False, search="fast",
                            tuning_db=tmp_path / "t.db").report  # fmt: skip
     first, second = _conv_records(report)
     assert first["conv"]["algorithm"] == "winograd" and first["template"] == "winograd"
@@ -373,7 +373,7 @@ def test_winograd_beyond_tolerance_is_rejected(tmp_path: Path, fake_times, monke
     monkeypatch.setattr(conv_algos, "WINOGRAD_RTOL", 1e-12)
     path = tmp_path / "two.onnx"
     onnx.save(_two_layer_model(), path)
-    report = edgec.compile(path, tmp_path / "out", bench=False, search="full",
+    report = edgec.compile(path, tmp_path / "out", bench=False, search="fast",
                            tuning_db=tmp_path / "t.db").report  # fmt: skip
     first, _ = _conv_records(report)
     assert first["conv"]["algorithm"] == "im2win"  # the next fastest
