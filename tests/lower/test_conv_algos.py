@@ -247,7 +247,8 @@ def _qdq_conv(case, act: str):
 def test_im2win_int8_in_a_qdq_model(case, act: str, tmp_path: Path):
     """``--conv-algo im2win`` on an int8 model: the integer conv of edgec.lower.qdq becomes
     an im2win kernel (u8 x s8 -> s32, the zero-point padding folded into the window copy, the
-    requantization fused as its epilogue), bit-exact with numpy's integer arithmetic."""
+    requantization fused as its epilogue), bit-exact with numpy's integer arithmetic and within
+    one quantum of onnxruntime."""
     model, x, want = _qdq_conv(case, act)
     plans: list = []
     target = _target()
@@ -257,6 +258,9 @@ def test_im2win_int8_in_a_qdq_model(case, act: str, tmp_path: Path):
     got = lower.Runtime(tmp_path / "model.so", THREADS).run([x])[0]
     np.testing.assert_array_equal(got, want)
     assert len(np.unique(got)) > 20
+    # onnxruntime on the same QDQ model: within one quantum (float rounding ties go either way)
+    ort = verify.run_onnxruntime(model, {"x": x})["y"]
+    assert np.abs(got.astype(np.int32) - ort.astype(np.int32)).max() <= 1
     (layer,) = plans[0].layers
     if case[4] == 16:
         assert layer["algo"] == "direct" and "depthwise" in layer["fallback"]
