@@ -208,7 +208,7 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
             if verify_inputs:
                 verify.check_inputs(imported.inputs, verify_inputs)
             layer_latency = None
-            if int8_options.keep_float == "auto" and tgt.device == "cpu" and not tgt.cross:
+            if int8_options.keep_float == "auto" and tgt.runs_here and lower.host_can_run(tgt):
                 from edgec.lower.layer_latency import LayerLatency
 
                 layer_latency = LayerLatency(optimized, tgt, threads)

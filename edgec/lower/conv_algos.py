@@ -256,21 +256,25 @@ def rewrite(mod, assign: Assign) -> tuple[object, list[dict]]:
     return rewriter.builder_.get(), layers
 
 
+def padded(x, spec: ConvSpec, n, c, hh, ww):
+    """``x`` at padded coordinates (hh, ww), ``spec.pad_value`` outside the input: the padding
+    folded into a TE read (no padded copy of the input)."""
+    from tvm import tirx
+
+    h, w = hh - spec.pads[0], ww - spec.pads[1]
+    inside = tirx.all(h >= 0, h < spec.h, w >= 0, w < spec.w)
+    return tirx.if_then_else(inside, x[n, c, h, w], tirx.const(spec.pad_value, x.dtype))
+
+
 def direct_compute(x, w, spec: ConvSpec):
     """The direct integer convolution with its (zero-point) padding in the same function: the
     int8 templates inline it into their input copy instead of a separate padded tensor."""
-    from tvm import te, tirx
+    from tvm import te
 
-    top, left = spec.pads[0], spec.pads[1]
     (sh, sw), (dh, dw) = spec.stride, spec.dilation
-
-    def padded(n, c, hh, ww):
-        h, w_ = hh - top, ww - left
-        inside = tirx.all(h >= 0, h < spec.h, w_ >= 0, w_ < spec.w)
-        return tirx.if_then_else(inside, x[n, c, h, w_], tirx.const(spec.pad_value, x.dtype))
-
-    shape = (spec.n, spec.cin, spec.h + top + spec.pads[2], spec.w + left + spec.pads[3])
-    pad = te.compute(shape, padded, name="pad_temp")
+    p = spec.pads
+    shape = (spec.n, spec.cin, spec.h + p[0] + p[2], spec.w + p[1] + p[3])
+    pad = te.compute(shape, lambda n, c, hh, ww: padded(x, spec, n, c, hh, ww), name="pad_temp")
     c = te.reduce_axis((0, spec.cg), "rc")
     r = te.reduce_axis((0, spec.kh), "ry")
     q = te.reduce_axis((0, spec.kw), "rx")

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgec.lower.conv_algos import ConvSpec
-from edgec.lower.im2win import PackedConv, _padded
+from edgec.lower.conv_algos import ConvSpec, padded
+from edgec.lower.im2win import PackedConv
 
 
 def relax_parts(spec: ConvSpec, weight: np.ndarray, _option=None):
@@ -25,9 +25,7 @@ def compute(x, w, spec: ConvSpec):
     (sh, sw), (dh, dw) = s.stride, s.dilation
     col = te.compute(
         (s.n, s.groups, s.ho, s.wo, s.cg, s.kh, s.kw),
-        lambda n, g, i, j, c, r, q: _padded(
-            x, s, n, g * s.cg + c, i * sh + r * dh, j * sw + q * dw
-        ),
+        lambda n, g, i, j, c, r, q: padded(x, s, n, g * s.cg + c, i * sh + r * dh, j * sw + q * dw),
         name="im2col_pack",
     )
     c = te.reduce_axis((0, s.cg), "c")

@@ -23,19 +23,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgec.lower.conv_algos import ConvSpec
+from edgec.lower.conv_algos import ConvSpec, padded
 
 LAYOUTS = ("nhwc", "nchw")
-
-
-def _padded(x, spec: ConvSpec, n, c, hh, ww):
-    """``x`` zero-padded, at padded coordinates (hh, ww): the padding folded into the read."""
-    from tvm import tirx
-
-    top, left = spec.pads[0], spec.pads[1]
-    h, w = hh - top, ww - left
-    inside = tirx.all(h >= 0, h < spec.h, w >= 0, w < spec.w)
-    return tirx.if_then_else(inside, x[n, c, h, w], tirx.const(spec.pad_value, x.dtype))
 
 
 def relax_parts(spec: ConvSpec, weight: np.ndarray, layout=None):
@@ -73,7 +63,7 @@ def compute(x, w, spec: ConvSpec, layout: str = "nhwc", out_dtype: str | None = 
     if layout == "nhwc":
         win = te.compute(
             (s.n, s.groups, s.ho, s.wspan, s.kh, s.cg),
-            lambda n, g, i, m, r, c: _padded(x, s, n, g * s.cg + c, i * sh + r * dh, column(m)),
+            lambda n, g, i, m, r, c: padded(x, s, n, g * s.cg + c, i * sh + r * dh, column(m)),
             name="im2win_pack",
         )
         q = te.reduce_axis((0, s.kw), "q")
@@ -88,7 +78,7 @@ def compute(x, w, spec: ConvSpec, layout: str = "nhwc", out_dtype: str | None = 
         )
     win = te.compute(
         (s.n, s.cin, s.ho, s.wspan, s.kh),
-        lambda n, c, i, m, r: _padded(x, s, n, c, i * sh + r * dh, column(m)),
+        lambda n, c, i, m, r: padded(x, s, n, c, i * sh + r * dh, column(m)),
         name="im2win_pack",
     )
     c = te.reduce_axis((0, s.cg), "c")

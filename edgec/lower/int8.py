@@ -223,7 +223,7 @@ class Int8Matmul:
         regs = self.REGISTERS[info["isa"]]
         m = info["m"]
         mbs = sorted({min(m, x) for x in (1, 2, 4, 6, 8, 12)})
-        fks = [k for k in self._fks(m) if info["n"] % (k * fb) == 0 or self._padded(info)]
+        fks = [k for k in self._fks(m) if info["n"] % (k * fb) == 0 or self._activation_b(info)]
         out = [self.default(info, lanes)] + [
             {"mb": mb, "fk": fk, "order": order}
             for fk in fks for mb in mbs if mb * fk <= regs and (mb > 1 or m == 1)
@@ -232,7 +232,7 @@ class Int8Matmul:
         return list({schedules_key(k): k for k in out}.values())
 
     @staticmethod
-    def _padded(info: dict) -> bool:
+    def _activation_b(info: dict) -> bool:
         """B is an activation (packed per call), so N and K may be padded to whole tiles."""
         return info["b_param"] not in info.get("constants", ())
 
@@ -261,7 +261,7 @@ class Int8Matmul:
     def apply(self, func: tirx.PrimFunc, info: dict, knobs: Knobs) -> tirx.PrimFunc:
         mb, fk, order = knobs["mb"], knobs["fk"], knobs.get("order", "nm")
         FB, CB = MICRO[info["isa"]]  # noqa: N806
-        constant = info["b_param"] in info.get("constants", ())
+        constant = not self._activation_b(info)
         pad_n, pad_k = info["n"] % (fk * FB), info["k"] % CB
         if constant and (pad_n or pad_k):
             raise Decline(f"K={info['k']} not a multiple of {CB} or N={info['n']} of {fk * FB}")

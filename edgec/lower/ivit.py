@@ -108,6 +108,15 @@ def shiftmax_func(
     out_dtype = requant.dtype if requant else "int32"
     I32 = "int32"
 
+    def shift_exp(d):
+        """ShiftExp of int32 ``d <= 0`` (a TIR expression)."""
+        p = T.max(d + T.shift_right(d, 1) - T.shift_right(d, 4), floor_)
+        q = T.truncdiv(0 - p, -x0)  # p <= 0: floor(p / x0) = trunc(-p / -x0)
+        return T.shift_right(T.shift_left(p - q * x0 - 2 * x0, n - q), 1)
+
+    def cached(stored, recomputed):  # which exponential the normalization reads (parse time)
+        return stored if cache else recomputed
+
     @T.prim_func(s_tir=True)
     def kernel(x: T.Buffer((rows, width), in_dtype), out: T.Buffer((rows, width), out_dtype)):
         T.func_attr({"tirx.noalias": True})
@@ -124,10 +133,7 @@ def shiftmax_func(
                         m[0] = T.max(m[0], T.Cast(I32, x[i, j]))
                     s[0] = T.int64(0)
                     for j in range(width):
-                        d = T.shift_left(T.Cast(I32, x[i, j]) - m[0], shift)
-                        p = T.max(d + T.shift_right(d, 1) - T.shift_right(d, 4), floor_)
-                        q = T.truncdiv(0 - p, -x0)  # p <= 0: floor(p / x0) = trunc(-p / -x0)
-                        e = T.shift_right(T.shift_left(p - q * x0 - 2 * x0, n - q), 1)
+                        e = shift_exp(T.shift_left(T.Cast(I32, x[i, j]) - m[0], shift))
                         if cache:
                             ex[j] = e
                         else:
@@ -137,22 +143,14 @@ def shiftmax_func(
                             s[0] = s[0] + T.Cast("int64", ex[j])
                     f = T.Cast(I32, T.floordiv(T.int64(INT32_MAX), T.min(s[0], T.int64(INT32_MAX))))
                     for j in range(width):
-                        if cache:
-                            v = T.shift_right(f * ex[j], out_shift)
-                            if requant is None:
-                                out[i, j] = v
-                            else:
-                                out[i, j] = _requant_expr(v, requant)
+                        e = cached(
+                            ex[j], shift_exp(T.shift_left(T.Cast(I32, x[i, j]) - m[0], shift))
+                        )
+                        v = T.shift_right(f * e, out_shift)
+                        if requant is None:
+                            out[i, j] = v
                         else:
-                            d2 = T.shift_left(T.Cast(I32, x[i, j]) - m[0], shift)
-                            p2 = T.max(d2 + T.shift_right(d2, 1) - T.shift_right(d2, 4), floor_)
-                            q2 = T.truncdiv(0 - p2, -x0)
-                            e2 = T.shift_right(T.shift_left(p2 - q2 * x0 - 2 * x0, n - q2), 1)
-                            v2 = T.shift_right(f * e2, out_shift)
-                            if requant is None:
-                                out[i, j] = v2
-                            else:
-                                out[i, j] = _requant_expr(v2, requant)
+                            out[i, j] = _requant_expr(v, requant)
 
     return _finish(kernel, "ivit_shiftmax")
 

@@ -771,12 +771,8 @@ class _Rewriter:
         transposed = self._op(bexpr) == "relax.permute_dims"
         qb = self._qin(bexpr.args[0] if transposed else mm.args[1])
         a, za = self._as_u8(qa)
-        if qb.dtype == "uint8":
-            wide = self._emit(R.subtract(self._emit(R.astype(qb.data, "int32")),
-                                         self._c(128, "int32")))  # fmt: skip
-            b, d = self._emit(R.astype(wide, "int8")), 128 - qb.zp_scalar
-        else:
-            b, d = qb.data, -qb.zp_scalar
+        b, zb = self._as_s8(qb)
+        d = -zb
         if transposed:
             b = self._emit(self.relax.Call(bexpr.op, [b], bexpr.attrs))
         k = int(mm.args[0].ty.shape[-1])

@@ -25,8 +25,7 @@ import functools
 
 import numpy as np
 
-from edgec.lower.conv_algos import ConvSpec
-from edgec.lower.im2win import _padded
+from edgec.lower.conv_algos import ConvSpec, padded
 
 TILES = (4, 2)
 
@@ -103,7 +102,7 @@ def compute(x, u, spec: ConvSpec, m: int = 4):
     cb = _channel_block(s.cin)
     xp = te.compute(
         (s.n, s.cin // cb, nh * m + 2, nw * m + 2, cb),
-        lambda n, co, hh, ww, ci: _padded(x, s, n, co * cb + ci, hh, ww),
+        lambda n, co, hh, ww, ci: padded(x, s, n, co * cb + ci, hh, ww),
         name="winograd_pack",
     )
 
