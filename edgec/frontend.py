@@ -216,11 +216,21 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
         raise InvalidInputError(f"shape inference failed: {str(e).strip()}") from e
 
 
+def _oldest_ir_version(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model stamped with the oldest IR version its opsets allow (8 at least, for local
+    functions): newer exporters stamp the newest IR version their onnx knows, which an older
+    onnxruntime refuses although the graph uses nothing newer. The protobuf is unchanged."""
+    need = onnx.helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
+    model.ir_version = min(model.ir_version, max(need, 8))
+    return model
+
+
 def import_model(
     path: str | os.PathLike, input_shapes: Mapping[str, tuple[int, ...]] | None = None
 ) -> ImportedModel:
     """Load, check, pin input shapes and infer all shapes. Raises InvalidInputError."""
     model, sha = load(path)
+    model = _oldest_ir_version(model)
     model = infer_shapes(pin_input_shapes(model, input_shapes or {}))
     inputs, outputs = signature(model)
     return ImportedModel(model, Path(path), sha, inputs, outputs)

@@ -87,3 +87,15 @@ def test_missing_external_data_is_a_clear_error(tmp_path):
     (tmp_path / "ext.data").unlink()
     with pytest.raises(InvalidInputError, match="ext.onnx"):
         frontend.import_model(path, {"x": (1, 3, 16, 16)})
+
+
+def test_newer_ir_version_than_onnxruntime_knows_still_compiles(tmp_path, cli):
+    """Exporters stamp their onnx's newest IR version (14 here), which onnxruntime 1.31 refuses
+    although an opset-17 graph needs IR 8: the import re-stamps it, and the compile verifies."""
+    model = conv_relu_model(dynamic_batch=False)
+    model.ir_version = 14
+    path = tmp_path / "ir14.onnx"
+    onnx.save(model, path)
+    assert frontend.import_model(path).model.ir_version == 8
+    result = cli("compile", str(path), "-o", str(tmp_path / "out"), "--no-bench")
+    assert result.code == 0, result.err
