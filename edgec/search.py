@@ -54,6 +54,7 @@ DEFAULT_BUDGET_S_FULL = 1200.0  # full: templates, then MetaSchedule with what i
 TOP_K = 3  # full: candidates timed again
 REFINE_REPEAT = 10  # full: repeats of the second timing pass
 RTOL = 1e-4  # wrong result: max |candidate - default| > RTOL x max |default|
+SCREEN_SHARE = 0.5  # two-phase search: at most this share of the budget times the variants
 MIN_SHARE = 0.02  # a kernel's budget share is at least this fraction of the FLOPs weight
 DB_ENV = "EDGEC_TUNING_DB"
 
@@ -307,6 +308,7 @@ class Search:
         self.metaschedule_runs = 0
         self.metaschedule_skipped: str | None = None
         self._ms_cost = 10.0  # seconds one MetaSchedule run takes at least (worker start-up)
+        self._start: float | None = None
 
     # the tune hook ---------------------------------------------------------------------------
 
@@ -316,26 +318,8 @@ class Search:
         return self.measurer or measure
 
     def __call__(self, tasks: list, target: dict) -> Callable:
-        measure = self._measure_module()
-        start = time.perf_counter()
-        self.target = target
-        groups: dict[str, _Workload] = {}
-        for task in tasks:
-            w = groups.setdefault(task.workload, _Workload([], 0.0))
-            w.tasks.append(task)
-            w.weight += float(task.flops) * max(1, task.calls)
-        # biggest first; a kernel with a single candidate has nothing to choose (unless
-        # MetaSchedule offers more: full)
-        least = 1 if self.mode == "full" else 2
-        self.workloads = sorted(
-            (w for w in groups.values() if len(w.task.space) >= least),
-            key=lambda w: (-w.weight, w.task.name),
-        )
-        for w in self.workloads:
-            for t in w.tasks:
-                self.by_kernel[t.name] = w
-        cpu, versions = measure.cpu_model(), measure.versions()
-        self._fields = {"target": target, "cpu": cpu, **versions}
+        start = self._begin()
+        self.workloads = self._workloads(tasks, target, least=1 if self.mode == "full" else 2)
         db = self._open_db()
         try:
             self._lookup(db)
@@ -348,7 +332,7 @@ class Search:
                     )
             todo = [w for w in self.workloads if not w.cached]
             if todo:
-                measure.prepare(self.threads)
+                self._measure_module().prepare(self.threads)
                 self._measure_all(todo, db, start)
                 if self.mode == "full" and not self.interrupted:
                     self._metaschedule_all(todo, db, start)
@@ -357,6 +341,81 @@ class Search:
                 db.close()
             self.seconds = time.perf_counter() - start
         return self.choose
+
+    def screen(self, tasks: list, target: dict) -> None:
+        """The first phase of a two-phase search (``edgec.lower.conv_algos``: one kernel per
+        algorithm variant of each conv layer): time only the default knobs of each kernel, in
+        the order given, within ``SCREEN_SHARE`` of the budget, so the caller can pick a
+        variant per layer (``score``) and then search the knobs of the chosen kernels alone
+        (``__call__``, with what is left of the same budget). Cached results count; kernels
+        with a single candidate are timed too (a variant is compared, not its knobs)."""
+        start = self._begin()
+        order = {t.workload: i for i, t in reversed(list(enumerate(tasks)))}
+        screened = sorted(self._workloads(tasks, target, least=1),
+                          key=lambda w: order[w.task.workload])  # fmt: skip
+        deadline = start + SCREEN_SHARE * self.budget_s if self.budget_s is not None else math.inf
+        db = self._open_db()
+        try:
+            self._lookup_into(db, screened)
+            todo = [w for w in screened if math.isinf(w.score(w.best or w.task.default))]
+            if todo:
+                self._measure_module().prepare(self.threads)
+            for i, w in enumerate(todo, 1):
+                if self.interrupted or time.perf_counter() + self.avg_cost > deadline:
+                    self.log(f"search: screening budget spent; {len(todo) - i + 1} kernel "
+                             f"variant(s) not timed")  # fmt: skip
+                    break
+                try:
+                    now = time.perf_counter()
+                    self._time(w, w.task.default, self._measure_module())
+                    self.candidates_tried += 1
+                    self._cost[0] += time.perf_counter() - now
+                    self._cost[1] += 1
+                except KeyboardInterrupt:
+                    self.interrupted = True
+                    break
+                self._measured.add(w.key)
+                if db is not None:
+                    self._store(db, w, [w.results[_canonical(w.task.default)]])
+                self.log(f"search screening {i}/{len(todo)} {w.label}: default "
+                         f"{_ms(w.score(w.task.default))}")  # fmt: skip
+        finally:
+            if db is not None:
+                db.close()
+            self.seconds = time.perf_counter() - start
+
+    def score(self, kernel: str) -> float:
+        """Milliseconds of a kernel's best (else default) knobs as measured; inf if untimed."""
+        w = self.by_kernel.get(kernel)
+        return w.score(w.best or w.task.default) if w is not None else math.inf
+
+    def _begin(self) -> float:
+        """The search's start: the first call's (a two-phase search shares one budget)."""
+        if self._start is None:
+            self._start = time.perf_counter()
+        return self._start
+
+    def _workloads(self, tasks: list, target: dict, least: int) -> list[_Workload]:
+        """Tasks grouped by workload, biggest first, those with at least ``least`` candidates
+        (a kernel with a single candidate has nothing to choose, unless MetaSchedule offers
+        more: full); registers them in ``by_kernel``."""
+        measure = self._measure_module()
+        self.target = target
+        groups: dict[str, _Workload] = {}
+        for task in tasks:
+            w = groups.setdefault(task.workload, _Workload([], 0.0))
+            w.tasks.append(task)
+            w.weight += float(task.flops) * max(1, task.calls)
+        found = sorted(
+            (w for w in groups.values() if len(w.task.space) >= least),
+            key=lambda w: (-w.weight, w.task.name),
+        )
+        for w in found:
+            for t in w.tasks:
+                self.by_kernel[t.name] = w
+        cpu, versions = measure.cpu_model(), measure.versions()
+        self._fields = {"target": target, "cpu": cpu, **versions}
+        return found
 
     def _open_db(self) -> TuningDB | None:
         try:
@@ -367,7 +426,10 @@ class Search:
             return None
 
     def _lookup(self, db: TuningDB | None) -> None:
-        for w in self.workloads:
+        self._lookup_into(db, self.workloads)
+
+    def _lookup_into(self, db: TuningDB | None, workloads: list[_Workload]) -> None:
+        for w in workloads:
             w.key = TuningDB.key(
                 w.task.workload, self.target, self._fields["cpu"], self._fields["edgec"],
                 self._fields["tvm"],

@@ -11,11 +11,12 @@ algorithm has a schedule template (``TEMPLATES``) that recognizes its blocks by 
 fused PrimFunc and schedules them from a small knob space.
 
 Per conv layer the algorithm is forced (``--conv-algo``) or, with ``auto`` and a search, chosen
-by measured latency: the model is lowered once per algorithm *variant* (``VARIANTS``), every
-variant's kernels are searched together (shared tuning cache and budget), and each conv layer
-takes the variant whose kernel is fastest, if its numerical error (Winograd) is within
-``WINOGRAD_RTOL``. Without a search, ``auto`` takes Winograd F(4x4) for big 3x3 stride-1
-layers (``heuristic``, from the measurements in docs/BENCHMARKS.md) and direct elsewhere.
+by measured latency: the model is lowered once per algorithm *variant* (``VARIANTS``), the
+default knobs of every variant's kernels are timed (shared tuning cache and budget), each conv
+layer takes the variant whose kernel is fastest, if its numerical error (Winograd) is within
+``WINOGRAD_RTOL``, and the knob search then tunes the chosen kernels. Without a search,
+``auto`` takes Winograd F(4x4) for big 3x3 stride-1 layers (``heuristic``, from the
+measurements in docs/BENCHMARKS.md) and direct elsewhere.
 """
 
 from __future__ import annotations
@@ -459,7 +460,13 @@ class Plan:
             self.kernel_of.setdefault(name, []).append(i)
 
     def _auto(self, pre, zero, tune):
-        """Lower every variant, search all their kernels together, pick per layer."""
+        """Lower every variant, time them, pick per layer, tune the chosen kernels.
+
+        With ``edgec.search.Search`` the search has two phases on one budget: ``screen``
+        times the default knobs of every variant's kernel, layers biggest first, and each
+        layer takes the fastest variant; the knob search then runs on the chosen model's
+        kernels alone (spreading the knob search over every variant spent the budget on
+        kernels that lose anyway). Another ``tune`` hook searches all variants together."""
         import dataclasses as dc
 
         from edgec.lower import measure
@@ -487,17 +494,24 @@ class Plan:
             }  # fmt: skip
         self.tasks = {t.name: t for t in tasks}
         self.log(f"conv algorithms: searching {len(variants)} variants ({', '.join(variants)})")
-        search = getattr(tune(tasks, self.target), "__self__", None)  # Search.choose's owner
+        two_phase = hasattr(tune, "screen")  # edgec.search.Search
+        if two_phase:  # time each variant's default, pick, then tune the chosen kernels only
+            tune.screen(_layer_major(tasks, variants), self.target)
+            search = tune
+        else:  # a plain tune hook: every variant's kernels searched together
+            search = getattr(tune(tasks, self.target), "__self__", None)  # choose's owner
         self.layers = self._choose(variants, search)
         choice = {lay["layer"]: (lay["algo"], lay.get("option")) for lay in self.layers}
         mod, _ = rewrite(pre, lambda i, spec: choice.get(i, ("direct", None)))
         mod = zero(mod)
         final = measure.kernel_tasks(mod, self.lanes)
+        self._map(mod)
+        if two_phase:
+            return mod, tune(final, self.target)
         if search is not None and hasattr(search, "adopt"):
             search.adopt(final)
         by_workload = {w.task.workload: w for w in getattr(search, "workloads", [])}
         wanted = {t.name: t.workload for t in final}
-        self._map(mod)
 
         def choose(name, info, space, default):
             w = by_workload.get(wanted.get(name))
@@ -587,8 +601,22 @@ def _packed_weight(algo: str, option, spec: ConvSpec, weight: np.ndarray) -> np.
 
 
 def _score(search, name: str) -> float | None:
-    w = getattr(search, "by_kernel", {}).get(name) if search is not None else None
-    if w is None:
+    if search is None or not hasattr(search, "score"):
         return None
-    ms = w.score(w.best or w.task.default)
+    ms = search.score(name)
     return round(ms, 4) if math.isfinite(ms) else None
+
+
+def _layer_major(tasks: list, variants: dict) -> list:
+    """The screening order: conv layers biggest first, each with all its variants (direct
+    first), then the other kernels; a budget cut then leaves small layers on direct."""
+    by_name = {t.name: t for t in tasks}
+    layers = sorted(
+        {i for v in variants.values() for i in v["kernels"]},
+        key=lambda i: -(variants["direct"]["layers"][i]["spec"].flops
+                        if variants["direct"]["layers"][i].get("spec") else 0),
+    )  # fmt: skip
+    order = [by_name[v["kernels"][i]] for i in layers for v in variants.values()
+             if v["kernels"].get(i) in by_name]  # fmt: skip
+    seen = {t.name for t in order}
+    return order + [t for t in tasks if t.name not in seen]

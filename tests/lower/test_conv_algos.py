@@ -373,6 +373,24 @@ def test_search_picks_the_fastest_algorithm_per_layer(tmp_path: Path, fake_times
     assert report["verification"]["passed"]  # the chosen algorithms compile into a right model
 
 
+def test_search_screens_variants_then_tunes_only_the_chosen_kernels(tmp_path: Path, fake_times):
+    """Phase 1 times each variant's default once (names "variant/kernel"); phase 2 searches
+    knobs of the final model's kernels only, on the same budget, reusing the screened times."""
+    path = tmp_path / "two.onnx"
+    onnx.save(_two_layer_model(), path)
+    report = edgec.compile(path, tmp_path / "out", bench=False, search="fast",
+                           tuning_db=tmp_path / "t.db").report  # fmt: skip
+    screened = [name for name in fake_times if "/" in name]
+    tuned = [name for name in fake_times if "/" not in name]
+    assert len(screened) == len(set(screened)) >= 6  # one default per variant kernel
+    assert fake_times[: len(screened)] == screened  # the screen comes first
+    final = {k["kernel"] for k in report["kernels"]}
+    chosen = {k["kernel"] for k in _conv_records(report)}
+    assert tuned and set(tuned) <= final and chosen <= set(tuned)
+    for k in _conv_records(report):  # several knobs timed, the fastest chosen
+        assert len(k["candidates"]) > 1 and k["knobs"] == k["candidates"][0]["knobs"]
+
+
 def test_winograd_beyond_tolerance_is_rejected(tmp_path: Path, fake_times, monkeypatch):
     monkeypatch.setattr(conv_algos, "WINOGRAD_RTOL", 1e-12)
     path = tmp_path / "two.onnx"
