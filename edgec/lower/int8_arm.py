@@ -1,5 +1,6 @@
-"""int8 convolutions on arm64 dot products (``sdot``, ARMv8.2 ``+dotprod``: Cortex-A55/A76 and
-newer), for the integer kernels of ``edgec.lower.qdq``.
+"""int8 convolutions and matmuls on arm64 dot products (``sdot``, ARMv8.2 ``+dotprod``:
+Cortex-A55/A76 and newer), for the integer kernels of ``edgec.lower.qdq``. The convolution
+template is described here; ``Int8MatmulSdot`` (weight matmuls) has its own docstring.
 
 ``sdot`` is signed x signed: ``acc[i] += sum_j a[4i + j] * b[4i + j]`` over 4 int32 lanes, 16
 int8 each of ``a`` and ``b``. On these targets ``qdq`` therefore gives dense convolutions int8
@@ -187,6 +188,120 @@ class Int8ConvSdot:
         return sch.mod["main"]
 
 
+class Int8MatmulSdot:
+    """s8 x s8 -> s32 matmuls ``x[.., M, K] @ w[K, N]`` with a constant 2-D weight (``qdq``'s
+    Linear/Gemm/MatMul layers; on sdot targets their activations are int8), K % 4 == 0 and
+    N % 4 == 0, on arm64 +dotprod.
+
+    The weight is packed at compile time to ``[N/fb, K/4, fb*4]``; x is read in place (4
+    consecutive k bytes are one 32-bit word, broadcast to the sdot operand), or copied once with
+    M padded to whole tiles of ``mb`` rows. A tile of ``mb`` rows x ``fb`` columns keeps
+    ``mb * fb/4`` accumulator registers over k in steps of 4 (one sdot per row and 4 columns);
+    the requantization epilogue runs per tile, vectorized along n. Knobs: ``mb``, ``fb``.
+    """
+
+    name = "int8_matmul_sdot"
+
+    def match(self, func: tirx.PrimFunc) -> dict:
+        arm64, sdot = _arm64()
+        if not arm64:
+            raise _sched().NotMine("not an arm64 target")
+        info = _sched().Matmul().match(func)
+        sch = s_tir.Schedule(func)
+        mm = _sched()._blocks(sch)[info["anchor"]]
+        x, w = mm["reads"]
+        if (str(x.dtype), str(w.dtype), str(mm["writes"].dtype)) != ("int8", "int8", "int32"):
+            raise _sched().NotMine("not an s8 x s8 -> s32 matmul")
+        if not sdot:
+            raise _sched().Decline("no +dotprod on this arm64 target (sdot)")
+        stmt = sch.get(mm["block"])
+        x_last = stmt.reads[0].region[-1].min
+        if info["transposed"] or info["b_param"] is None or len(w.shape) != 2:
+            raise _sched().Decline("the weight is not a [K, N] function parameter")
+        if not (isinstance(x_last, tirx.Var) and x_last.same_as(stmt.iter_vars[-1].var)):
+            raise _sched().Decline("the activation is not K-contiguous")
+        if info["k"] % STEP or info["n"] % STEP:
+            raise _sched().Decline(f"K={info['k']} or N={info['n']} not a multiple of {STEP}")
+        return info
+
+    def space(self, info: dict, lanes: int) -> list[Knobs]:
+        fbs = [fb for fb in (4, 8, 16, 32) if info["n"] % fb == 0]
+        mbs = sorted({min(info["m"], x) for x in (1, 2, 4, 6, 8)})
+        out = [self.default(info, lanes)] + [
+            {"mb": mb, "fb": fb} for fb in fbs for mb in mbs if mb * fb // STEP <= MAX_ACC
+        ]
+        return list({schedules_key(k): k for k in out}.values())
+
+    def default(self, info: dict, lanes: int) -> Knobs:
+        """The most accumulators (up to 16: weights and rows of x need registers too), then
+        the squarer tile (fewer loads per sdot)."""
+        tiles = [(k["mb"], k["fb"]) for k in self._tiles(info)]
+        mb, fb = max(tiles, key=lambda t: (min(t[0] * t[1] // STEP, 16), -abs(t[0] - t[1] // 4)))
+        return {"mb": mb, "fb": fb}
+
+    def _tiles(self, info: dict) -> list[Knobs]:
+        fbs = [fb for fb in (4, 8, 16, 32) if info["n"] % fb == 0]
+        mbs = sorted({min(info["m"], x) for x in (1, 2, 4, 6, 8)})
+        return [{"mb": mb, "fb": fb} for fb in fbs for mb in mbs if mb * fb // STEP <= MAX_ACC]
+
+    def apply(self, func: tirx.PrimFunc, info: dict, knobs: Knobs) -> tirx.PrimFunc:
+        if info["b_param"] not in info.get("constants", ()):
+            raise _sched().Decline("the weight is not a constant (cannot be packed)")
+        mb, fb = knobs["mb"], knobs["fb"]
+        if info["n"] % fb or fb % STEP:
+            raise _sched().Decline(f"N={info['n']} not a multiple of fb={fb}")
+        S = _sched()  # noqa: N806
+        func = func.with_attr("layout_free_buffers", [info["b_param"]])
+        sch = s_tir.Schedule(func)
+        blocks = S._blocks(sch)
+        anchor = info["anchor"]
+        mm = blocks[anchor]["block"]
+        if anchor == len(blocks) - 1:
+            out = sch.cache_write(mm, 0, "global")
+        else:
+            out = S._inline_epilogue(sch, blocks, anchor)["block"]
+        nbatch = len(info["batch"])
+        xcopy = None
+        if info["m"] % mb:  # rows padded to whole tiles (zeros; the padded rows are dropped)
+            sch.pad_einsum(mm, [1] * nbatch + [mb, 1, 1])
+            copy_out = sch.get_consumers(mm)[0]
+            if not sch.get(copy_out).same_as(sch.get(out)):
+                sch.compute_inline(copy_out)
+            xcopy = next(p for p in sch.get_producers(mm) if sch.get(p).name_hint.endswith("_pad"))
+        elif anchor:
+            xcopy = sch.cache_read(mm, 0, "global")
+        for b in blocks[:anchor]:
+            sch.compute_inline(b["block"])
+        wcache = sch.cache_read(mm, 1, "global")
+        sch.transform_layout(
+            wcache, ("write", 0),
+            lambda k_, n_: (n_ // fb, k_ // STEP, (n_ % fb) * STEP + k_ % STEP),
+        )  # fmt: skip
+        sch.annotate(wcache, "meta_schedule.layout_rewrite_preproc", True)
+        *batch, i, j, k = sch.get_loops(mm)
+        io, ii = sch.split(i, [None, mb])
+        jo, jm, jf = sch.split(j, [None, fb // STEP, STEP])
+        ko, ki = sch.split(k, [None, STEP])
+        sch.reorder(*batch, jo, io, ko, ii, jm, jf, ki)
+        sch.reverse_compute_at(out, io)
+        sch.vectorize(S._loops_below(sch, out, io)[-1])
+        S._parallel_outer(sch, [*batch, jo, io])
+        if xcopy is not None:
+            *rows, kx = sch.get_loops(xcopy)
+            S._parallel_outer(sch, rows)
+            width = next((w for w in (16, 8, 4) if int(sch.get(kx).extent) % w == 0), 1)
+            if width > 1:
+                sch.vectorize(sch.split(kx, [None, width])[1])
+        init = sch.decompose_reduction(mm, ko)
+        update = sch.blockize(jf)
+        for lp in (ii, jm):
+            sch.unroll(lp)
+        sch.vectorize(sch.get_loops(init)[-1])
+        x_buf = blocks[anchor]["reads"][0] if xcopy is None else sch.get(xcopy).writes[0].source
+        _replace_body(sch, update, x_buf, sch.get(wcache).writes[0].source)
+        return sch.mod["main"]
+
+
 def _replace_body(sch: s_tir.Schedule, block, x_buf, w_buf) -> None:
     """The blockized 4 x 4 update as one sdot: 4 weight rows of 4 bytes against the pixel's 4
     input channels (one 32-bit word) broadcast to the 4 lanes."""
@@ -204,4 +319,4 @@ def _replace_body(sch: s_tir.Schedule, block, x_buf, w_buf) -> None:
     sch.state.replace(sch.get_sref(block), new, {stmt: new})
 
 
-TEMPLATES: tuple = (Int8ConvSdot(),)
+TEMPLATES: tuple = (Int8ConvSdot(), Int8MatmulSdot())

@@ -7,8 +7,9 @@ fake quantization: ``dequantize -> float conv -> quantize``. ``lower_qdq`` rewri
 * conv2d / matmul (Gemm) with constant int8 weights (zero point 0, per-channel or per-tensor
   scale): the activation (uint8, or int8 moved to uint8 by +128) padded with its zero point,
   uint8 x int8 -> int32 accumulation, then ``acc - zx * sum(w) + bias`` with the bias in int32
-  (``signed_conv``, arm64 sdot targets: dense convs take the activation as int8, uint8 ones
-  moved by -128, for ``edgec.lower.int8_arm``: int8 x int8, the same integer result);
+  (``signed_conv``, arm64 sdot targets: dense convs and weight matmuls take the activation as
+  int8, uint8 ones moved by -128, for ``edgec.lower.int8_arm``: int8 x int8, the same integer
+  result);
 * conv2d_transpose (ConvTranspose) as a plain int32 transposed convolution of ``x - zx``, and
   matmul of two quantized activations (attention) as an int32 matmul of ``a - za``, ``b - zb``;
 * add, concat, max/avg pooling, global average pooling (mean), relu/clip, and layout ops
@@ -170,7 +171,8 @@ def lower_qdq(mod, names: dict | None = None, signed_conv: bool = False) -> Resu
     """Rewrite ``mod['main']`` (straight from the ONNX importer: weights still constant
     ``dequantize`` calls, nothing folded) into integer ops wherever they have an integer form.
     ``names`` ({original var: ONNX node}, from ``onnx_node_names``) names the float ops;
-    ``signed_conv``: dense convolutions take int8 activations (sdot targets), else uint8."""
+    ``signed_conv``: dense convolutions and weight matmuls take int8 activations (sdot
+    targets), else uint8."""
     if not has_qdq(mod):
         return Result(mod, False, [], [], [])
     tvm = _tvm()
@@ -292,7 +294,7 @@ class _Rewriter:
 
         self.tvm, self.relax, self.R = tvm, relax, relax.op
         self.func = func
-        self.signed_conv = signed_conv  # dense convs on int8 activations (arm64 sdot)
+        self.signed_conv = signed_conv  # dense convs, matmuls on int8 activations (arm64 sdot)
         self.orig: dict = {}  # original var -> its original value
         self.map: dict = {}  # original var -> new expr
         self.origin: dict = {}  # new var -> the original var it was re-emitted for
@@ -826,7 +828,7 @@ class _Rewriter:
             raise Decline("weight quantized per input channel")
         acc_scale = x.scale_scalar * w_scale
         bias_int = self._bias(bias, n, acc_scale)
-        data, zx = self._as_u8(x)
+        data, zx = self._as_s8(x) if self.signed_conv else self._as_u8(x)  # s8 for sdot
         acc = self._emit(self.R.matmul(data, self.relax.const(np.ascontiguousarray(wq)),
                                        out_dtype="int32"))  # fmt: skip
         offset = bias_int - zx * wq.astype(np.int64).sum(axis=0)

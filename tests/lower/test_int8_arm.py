@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 
+import numpy as np
 import pytest
 
 from edgec import deploy, lower, targets
@@ -174,3 +175,47 @@ def test_compile_int8_for_cortex_a76_uses_sdot(tmp_path):
     convs = [k for k in report["kernels"] if "conv2d" in k["kernel"]]
     assert len(convs) == 3 and {k["template"] for k in convs} == {"int8_conv2d_sdot"}
     assert _sdots(out / "model.so") > 0
+
+
+@needs_qemu
+@pytest.mark.parametrize("case", [((), 1, 16, 8), ((1,), 17, 192, 16), ((2,), 9, 64, 48)],
+                         ids=lambda c: "b{}m{}k{}n{}".format(*c))  # fmt: skip
+@pytest.mark.parametrize("act", ["uint8", "int8"])
+def test_matmul_sdot_bit_exact(case, act, tmp_path, on_arm64):
+    """Weight matmuls on arm64/cortex-a76: int8_matmul_sdot (x moved to int8 by qdq), sdot in
+    the code, bit-exact with test_int8_matmul's numpy reference; M not a multiple of the tile's
+    rows (17, 9) pads x to whole tiles."""
+    from tests.lower.test_int8_matmul import qdq_matmul
+
+    model, x, want = qdq_matmul(*case, act)
+    got, quant, records = test_int8.run_int(model, [x], tmp_path, A76)
+    np.testing.assert_array_equal(got, want)
+    assert quant["float_ops"] == []
+    (record,) = [r for r in records if "matmul" in r["kernel"]]
+    assert record["template"] == "int8_matmul_sdot", record
+    assert on_arm64[0] >= 1
+
+
+@needs_qemu
+def test_matmul_sdot_every_tile_bit_exact(tmp_path, on_arm64):
+    """Every (mb, fb) tile of the search space, M = 9 (padded for most mb)."""
+    from tests.lower.test_int8_matmul import qdq_matmul
+
+    model, x, want = qdq_matmul((), 9, 32, 32, "uint8")
+    spaces: list = []
+
+    def first(name, info, space, default):
+        if set(default) == {"mb", "fb"}:
+            spaces.append(space)
+        return default
+
+    test_int8.run_int(model, [x], tmp_path, A76, first)
+    tiles = spaces[0]
+    assert {k["fb"] for k in tiles} == {4, 8, 16, 32} and {k["mb"] for k in tiles} >= {1, 2, 8}
+    for i, knobs in enumerate(tiles):
+        (tmp_path / str(i)).mkdir()
+        pick = lambda n, info, sp, d, k=knobs: k if set(d) == {"mb", "fb"} else d  # noqa: E731
+        got, _, records = test_int8.run_int(model, [x], tmp_path / str(i), A76, pick)
+        np.testing.assert_array_equal(got, want)
+        (record,) = [r for r in records if "matmul" in r["kernel"]]
+        assert record["template"] == "int8_matmul_sdot" and record["knobs"] == knobs
