@@ -67,6 +67,26 @@ def _arm64() -> tuple[bool, bool]:
     return str(tgt.attrs.get("mtriple", "")).startswith("aarch64"), has_sdot(tgt)
 
 
+def _int8_anchor(kind, func: tirx.PrimFunc, activations: tuple[str, ...], what: str):
+    """``kind``'s match info (a Conv2d or Matmul template), the schedule and the anchor block
+    of an x int8 -> int32 ``what`` with x of ``activations`` on an arm64 target with sdot;
+    raises NotMine / Decline otherwise."""
+    arm64, sdot = _arm64()
+    if not arm64:
+        raise _sched().NotMine("not an arm64 target")
+    info = kind.match(func)
+    sch = s_tir.Schedule(func)
+    anchor = _sched()._blocks(sch)[info["anchor"]]
+    x, w = anchor["reads"]
+    if (str(w.dtype), str(anchor["writes"].dtype)) != ("int8", "int32") or str(
+        x.dtype
+    ) not in activations:
+        raise _sched().NotMine(f"not an int8 {what}")
+    if not sdot:
+        raise _sched().Decline("no +dotprod on this arm64 target (sdot)")
+    return info, sch, anchor
+
+
 def _tiles(info: dict) -> list[tuple[int, int]]:
     """(fb, xb) tiles: fb output channels (a multiple of 4 dividing F) x xb output columns
     (dividing W), at most MAX_ACC accumulator registers."""
@@ -83,22 +103,12 @@ class Int8ConvSdot:
     name = "int8_conv2d_sdot"
 
     def match(self, func: tirx.PrimFunc) -> dict:
-        arm64, sdot = _arm64()
-        if not arm64:
-            raise _sched().NotMine("not an arm64 target")
-        info = _sched().Conv2d().match(func)
-        sch = s_tir.Schedule(func)
-        conv = _sched()._blocks(sch)[info["anchor"]]
-        data, weight = conv["reads"]
-        dtypes = (str(data.dtype), str(weight.dtype), str(conv["writes"].dtype))
-        if dtypes[1:] != ("int8", "int32") or dtypes[0] not in ("int8", "uint8"):
-            raise _sched().NotMine("not an int8 convolution")
-        if not sdot:
-            raise _sched().Decline("no +dotprod on this arm64 target (sdot)")
+        info, sch, conv = _int8_anchor(_sched().Conv2d(), func, ("int8", "uint8"), "convolution")
+        data, _ = conv["reads"]
         channels = int(data.shape[1])
         if info["cin_per_group"] != channels:
             raise _sched().Decline("grouped convolution")
-        if dtypes[0] != "int8":
+        if str(data.dtype) != "int8":
             raise _sched().Decline("uint8 activations (qdq gives sdot targets int8 ones)")
         if channels % STEP or info["f"] % STEP:
             raise _sched().Decline(f"C={channels} or F={info['f']} not a multiple of {STEP}")
@@ -203,17 +213,8 @@ class Int8MatmulSdot:
     name = "int8_matmul_sdot"
 
     def match(self, func: tirx.PrimFunc) -> dict:
-        arm64, sdot = _arm64()
-        if not arm64:
-            raise _sched().NotMine("not an arm64 target")
-        info = _sched().Matmul().match(func)
-        sch = s_tir.Schedule(func)
-        mm = _sched()._blocks(sch)[info["anchor"]]
-        x, w = mm["reads"]
-        if (str(x.dtype), str(w.dtype), str(mm["writes"].dtype)) != ("int8", "int8", "int32"):
-            raise _sched().NotMine("not an s8 x s8 -> s32 matmul")
-        if not sdot:
-            raise _sched().Decline("no +dotprod on this arm64 target (sdot)")
+        info, sch, mm = _int8_anchor(_sched().Matmul(), func, ("int8",), "matmul")
+        w = mm["reads"][1]
         stmt = sch.get(mm["block"])
         x_last = stmt.reads[0].region[-1].min
         if info["transposed"] or info["b_param"] is None or len(w.shape) != 2:
