@@ -199,15 +199,17 @@ class Int8ConvSdot:
 
 
 class Int8MatmulSdot:
-    """s8 x s8 -> s32 matmuls ``x[.., M, K] @ w[K, N]`` with a constant 2-D weight (``qdq``'s
-    Linear/Gemm/MatMul layers; on sdot targets their activations are int8), K % 4 == 0 and
-    N % 4 == 0, on arm64 +dotprod.
+    """s8 x s8 -> s32 matmuls ``x[.., M, K] @ w[.., K, N]`` on arm64 +dotprod (on sdot targets
+    ``qdq`` gives matmuls int8 activations): a constant 2-D weight (Linear/Gemm/MatMul layers,
+    K % 4 == 0 and N % 4 == 0), or an activation B (attention: one [K, N] per batch index).
 
-    The weight is packed at compile time to ``[N/fb, K/4, fb*4]``; x is read in place (4
+    B is packed to ``[.., N/fb, K/4, fb*4]``: at compile time for a constant weight, per call
+    (N and K padded with zeros to whole tiles: exact) for an activation. x is read in place (4
     consecutive k bytes are one 32-bit word, broadcast to the sdot operand), or copied once with
-    M padded to whole tiles of ``mb`` rows. A tile of ``mb`` rows x ``fb`` columns keeps
-    ``mb * fb/4`` accumulator registers over k in steps of 4 (one sdot per row and 4 columns);
-    the requantization epilogue runs per tile, vectorized along n. Knobs: ``mb``, ``fb``.
+    M (and K) padded. A tile of ``mb`` rows x ``fb`` columns keeps ``mb * fb/4`` accumulator
+    registers over k in steps of 4 (one sdot per row and 4 columns); the requantization
+    epilogue runs per tile, vectorized along n (with N padded: after the matmul, per row).
+    Knobs: ``mb``, ``fb``.
     """
 
     name = "int8_matmul_sdot"
@@ -217,42 +219,46 @@ class Int8MatmulSdot:
         w = mm["reads"][1]
         stmt = sch.get(mm["block"])
         x_last = stmt.reads[0].region[-1].min
-        if info["transposed"] or info["b_param"] is None or len(w.shape) != 2:
-            raise _sched().Decline("the weight is not a [K, N] function parameter")
+        batch = [int(d) for d in info["batch"]]
+        batched = len(w.shape) == 2 + len(batch) and [int(d) for d in w.shape[:-2]] == batch
+        if info["transposed"] or info["b_param"] is None or not (len(w.shape) == 2 or batched):
+            raise _sched().Decline("B is not a [.., K, N] function parameter")
         if not (isinstance(x_last, tirx.Var) and x_last.same_as(stmt.iter_vars[-1].var)):
             raise _sched().Decline("the activation is not K-contiguous")
-        if info["k"] % STEP or info["n"] % STEP:
-            raise _sched().Decline(f"K={info['k']} or N={info['n']} not a multiple of {STEP}")
         return info
 
     def space(self, info: dict, lanes: int) -> list[Knobs]:
-        fbs = [fb for fb in (4, 8, 16, 32) if info["n"] % fb == 0]
-        mbs = sorted({min(info["m"], x) for x in (1, 2, 4, 6, 8)})
-        out = [self.default(info, lanes)] + [
-            {"mb": mb, "fb": fb} for fb in fbs for mb in mbs if mb * fb // STEP <= MAX_ACC
-        ]
+        out = [self.default(info, lanes), *self._tiles(info)]
         return list({schedules_key(k): k for k in out}.values())
 
     def default(self, info: dict, lanes: int) -> Knobs:
         """The most accumulators (up to 16: weights and rows of x need registers too), then
         the squarer tile (fewer loads per sdot)."""
         tiles = [(k["mb"], k["fb"]) for k in self._tiles(info)]
+        if not tiles:
+            raise _sched().Decline(f"K={info['k']} or N={info['n']} not a multiple of {STEP}")
         mb, fb = max(tiles, key=lambda t: (min(t[0] * t[1] // STEP, 16), -abs(t[0] - t[1] // 4)))
         return {"mb": mb, "fb": fb}
 
     def _tiles(self, info: dict) -> list[Knobs]:
-        fbs = [fb for fb in (4, 8, 16, 32) if info["n"] % fb == 0]
+        activation = info["b_param"] not in info.get("constants", ())
+        if not activation and info["k"] % STEP:
+            return []
+        fbs = [fb for fb in (4, 8, 16, 32) if activation or info["n"] % fb == 0]
+        if activation:  # the least padding of N first
+            fbs = [fb for fb in fbs if fb <= max(STEP, 2 * info["n"])]
         mbs = sorted({min(info["m"], x) for x in (1, 2, 4, 6, 8)})
         return [{"mb": mb, "fb": fb} for fb in fbs for mb in mbs if mb * fb // STEP <= MAX_ACC]
 
     def apply(self, func: tirx.PrimFunc, info: dict, knobs: Knobs) -> tirx.PrimFunc:
-        if info["b_param"] not in info.get("constants", ()):
-            raise _sched().Decline("the weight is not a constant (cannot be packed)")
         mb, fb = knobs["mb"], knobs["fb"]
-        if info["n"] % fb or fb % STEP:
-            raise _sched().Decline(f"N={info['n']} not a multiple of fb={fb}")
+        constant = info["b_param"] in info.get("constants", ())
+        pad_n, pad_k = info["n"] % fb, info["k"] % STEP
+        if fb % STEP or (constant and (pad_n or pad_k)):
+            raise _sched().Decline(f"K={info['k']} or N={info['n']} not whole {STEP}x{fb} steps")
         S = _sched()  # noqa: N806
-        func = func.with_attr("layout_free_buffers", [info["b_param"]])
+        if constant:
+            func = func.with_attr("layout_free_buffers", [info["b_param"]])
         sch = s_tir.Schedule(func)
         blocks = S._blocks(sch)
         anchor = info["anchor"]
@@ -262,30 +268,44 @@ class Int8MatmulSdot:
         else:
             out = S._inline_epilogue(sch, blocks, anchor)["block"]
         nbatch = len(info["batch"])
-        xcopy = None
-        if info["m"] % mb:  # rows padded to whole tiles (zeros; the padded rows are dropped)
-            sch.pad_einsum(mm, [1] * nbatch + [mb, 1, 1])
+        xcopy = wcache = None
+        if info["m"] % mb or pad_n or pad_k:  # padded with zeros (padded rows/columns dropped)
+            tile = [mb if info["m"] % mb else 1, fb if pad_n else 1, STEP if pad_k else 1]
+            sch.pad_einsum(mm, [1] * nbatch + tile)
             copy_out = sch.get_consumers(mm)[0]
             if not sch.get(copy_out).same_as(sch.get(out)):
                 sch.compute_inline(copy_out)
-            xcopy = next(p for p in sch.get_producers(mm) if sch.get(p).name_hint.endswith("_pad"))
-        elif anchor:
+            x_pad, w_pad = (r.source for r in sch.get(mm).reads[:2])
+            for p in sch.get_producers(mm):
+                written = sch.get(p).writes[0].source
+                xcopy = p if written.same_as(x_pad) else xcopy
+                wcache = p if written.same_as(w_pad) else wcache
+        if xcopy is None and anchor:
             xcopy = sch.cache_read(mm, 0, "global")
         for b in blocks[:anchor]:
             sch.compute_inline(b["block"])
-        wcache = sch.cache_read(mm, 1, "global")
-        sch.transform_layout(
-            wcache, ("write", 0),
-            lambda k_, n_: (n_ // fb, k_ // STEP, (n_ % fb) * STEP + k_ % STEP),
-        )  # fmt: skip
-        sch.annotate(wcache, "meta_schedule.layout_rewrite_preproc", True)
+        if wcache is None:
+            wcache = sch.cache_read(mm, 1, "global")
+
+        def packed(*ix):  # [.., K, N] -> [.., N/fb, K/4, fb*4]
+            k_, n_ = ix[-2], ix[-1]
+            return (*ix[:-2], n_ // fb, k_ // STEP, (n_ % fb) * STEP + k_ % STEP)
+
+        sch.transform_layout(wcache, ("write", 0), packed)
+        if constant:
+            sch.annotate(wcache, "meta_schedule.layout_rewrite_preproc", True)
+        else:
+            S._parallel_outer(sch, sch.get_loops(wcache)[:-1])
         *batch, i, j, k = sch.get_loops(mm)
         io, ii = sch.split(i, [None, mb])
         jo, jm, jf = sch.split(j, [None, fb // STEP, STEP])
         ko, ki = sch.split(k, [None, STEP])
         sch.reorder(*batch, jo, io, ko, ii, jm, jf, ki)
-        sch.reverse_compute_at(out, io)
-        sch.vectorize(S._loops_below(sch, out, io)[-1])
+        if pad_n:  # per tile the last columns would need a predicate: per row, after the matmul
+            S._parallel_outer(sch, sch.get_loops(out)[:-1])
+        else:
+            sch.reverse_compute_at(out, io)
+            sch.vectorize(S._loops_below(sch, out, io)[-1])
         S._parallel_outer(sch, [*batch, jo, io])
         if xcopy is not None:
             *rows, kx = sch.get_loops(xcopy)

@@ -7,7 +7,7 @@ fake quantization: ``dequantize -> float conv -> quantize``. ``lower_qdq`` rewri
 * conv2d / matmul (Gemm) with constant int8 weights (zero point 0, per-channel or per-tensor
   scale): the activation (uint8, or int8 moved to uint8 by +128) padded with its zero point,
   uint8 x int8 -> int32 accumulation, then ``acc - zx * sum(w) + bias`` with the bias in int32
-  (``signed_conv``, arm64 sdot targets: dense convs and weight matmuls take the activation as
+  (``signed_conv``, arm64 sdot targets: dense convs and matmuls take the activations as
   int8, uint8 ones moved by -128, for ``edgec.lower.int8_arm``: int8 x int8, the same integer
   result);
 * conv2d_transpose (ConvTranspose) as a plain int32 transposed convolution of ``x - zx``, and
@@ -772,15 +772,15 @@ class _Rewriter:
 
     def _matmul_act(self, mm, out: QTensor, lo=None, hi=None, bias=None):
         """Two quantized activations (attention): u8 x s8 -> s32 like the weight matmuls (so
-        the dot-product kernels apply), exactly. With ``a`` as uint8 (zero point ``za``) and
-        ``b' = b - 128`` as int8 for a uint8 ``b`` (``b`` itself for int8; ``d = 128 - zb``
-        resp. ``-zb``): ``sum (a - za)(b - zb) = a @ b' + d * rowsum(a) - za * colsum(b')
-        - za * d * K``."""
+        the dot-product kernels apply; s8 x s8 on sdot targets), exactly. With ``a`` as uint8
+        (zero point ``za``; int8 on sdot targets) and ``b' = b - 128`` as int8 for a uint8 ``b``
+        (``b`` itself for int8; ``d = 128 - zb`` resp. ``-zb``):
+        ``sum (a - za)(b - zb) = a @ b' + d * rowsum(a) - za * colsum(b') - za * d * K``."""
         R = self.R
         qa, bexpr = self._qin(mm.args[0]), self._value(mm.args[1])
         transposed = self._op(bexpr) == "relax.permute_dims"
         qb = self._qin(bexpr.args[0] if transposed else mm.args[1])
-        a, za = self._as_u8(qa)
+        a, za = self._as_s8(qa) if self.signed_conv else self._as_u8(qa)  # s8 x s8: sdot
         b, zb = self._as_s8(qb)
         d = -zb
         if transposed:

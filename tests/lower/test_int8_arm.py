@@ -219,3 +219,23 @@ def test_matmul_sdot_every_tile_bit_exact(tmp_path, on_arm64):
         np.testing.assert_array_equal(got, want)
         (record,) = [r for r in records if "matmul" in r["kernel"]]
         assert record["template"] == "int8_matmul_sdot" and record["knobs"] == knobs
+
+
+@needs_qemu
+@pytest.mark.parametrize("types", [("uint8", "int8"), ("uint8", "uint8"), ("int8", "uint8")])
+def test_matmul_activations_sdot_bit_exact(types, tmp_path, on_arm64, monkeypatch):
+    """Attention-style matmuls of two activations (B transposed, N = 9 and K = 16: B packed per
+    call with N padded) on sdot: both operands int8, bit-exact with the numpy reference."""
+    records: list = []
+    real = test_int8.run_int
+
+    def keep(*args, **kw):
+        out = real(*args, **kw)
+        records.extend(out[2])
+        return out
+
+    monkeypatch.setattr(test_int8, "run_int", keep)
+    test_int8.test_matmul_activations_bit_exact(types, tmp_path, target=A76)
+    (record,) = [r for r in records if "matmul" in r["kernel"]]
+    assert record["template"] == "int8_matmul_sdot", record
+    assert on_arm64[0] >= 1
