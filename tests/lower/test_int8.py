@@ -295,7 +295,7 @@ def test_conv_transpose_bit_exact(act, tmp_path):
 
 
 @pytest.mark.parametrize("types", [("uint8", "int8"), ("uint8", "uint8"), ("int8", "uint8")])
-def test_matmul_activations_bit_exact(types, tmp_path, target="x86_64"):
+def test_matmul_activations_bit_exact(types, tmp_path, target="x86_64", choose=None):
     """Attention-style MatMul of two quantized activations (one transposed), batched, for
     each pair of activation types (u8 x s8 after the zero-point corrections)."""
     ta, tb = types
@@ -324,7 +324,7 @@ def test_matmul_activations_bit_exact(types, tmp_path, target="x86_64"):
         [helper.make_tensor_value_info("y", TensorProto.UINT8, [2, 6, 9])],
         inits,
     )  # fmt: skip
-    got, quant, _ = run_int(model, [a, b], tmp_path, target)
+    got, quant, _ = run_int(model, [a, b], tmp_path, target, choose)
     f32 = {k: np.float64(np.float32(v)) for k, v in p.items() if k[0] == "s"}
     mult = f32["sa"] * f32["sb"] / np.float64(np.float32(so))
     np.testing.assert_array_equal(got, qdq.requantize_ref([(acc, mult)], zo, "uint8"))

@@ -235,7 +235,24 @@ def test_matmul_activations_sdot_bit_exact(types, tmp_path, on_arm64, monkeypatc
         return out
 
     monkeypatch.setattr(test_int8, "run_int", keep)
-    test_int8.test_matmul_activations_bit_exact(types, tmp_path, target=A76)
+    spaces: list = []
+
+    def first(name, info, space, default):
+        if set(default) == {"mb", "fb"}:
+            spaces.append(space)
+        return default
+
+    test_int8.test_matmul_activations_bit_exact(types, tmp_path, target=A76, choose=first)
     (record,) = [r for r in records if "matmul" in r["kernel"]]
     assert record["template"] == "int8_matmul_sdot", record
     assert on_arm64[0] >= 1
+    if types != ("uint8", "int8"):
+        return
+    assert {k["fb"] for k in spaces[0]} == {4, 8, 16}  # N = 9: padded to 12 or 16
+    for i, knobs in enumerate(spaces[0]):  # every tile, N and M padded per tile
+        (tmp_path / str(i)).mkdir()
+        pick = lambda n, info, sp, d, k=knobs: k if set(d) == {"mb", "fb"} else d  # noqa: E731
+        before = len(records)
+        test_int8.test_matmul_activations_bit_exact(types, tmp_path / str(i), A76, pick)
+        (record,) = [r for r in records[before:] if "matmul" in r["kernel"]]
+        assert record["template"] == "int8_matmul_sdot" and record["knobs"] == knobs, record
