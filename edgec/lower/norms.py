@@ -27,25 +27,51 @@ import math
 from tvm import ir, s_tir, tirx
 from tvm.script import tirx as T
 
-from edgec.lower.schedules import Decline, Knobs, NotMine, _blocks
+Knobs = dict
+
 
 SOFTMAX_BLOCKS = ("T_softmax_maxelem", "T_softmax_delta", "T_softmax_expsum", "T_softmax_norm")
 EXP_BLOCKS = {"T_fast_exp": "fast", "T_softmax_exp": "exact"}
 F32_LOWEST = -3.4028234663852886e38
 
 
-def _widths(lanes: int) -> list[int]:
-    return [lanes, lanes // 2] if lanes >= 8 else [lanes]
+SERIAL_BELOW = 4096  # elements: below this a parallel launch costs more than the rows
+
+
+def _parallel(info: dict) -> bool:
+    return info["rows"] > 1 and info["rows"] * info["width"] >= SERIAL_BELOW
+
+
+def _space(default: Knobs, info: dict, lanes: int, knob: str, values: tuple) -> list[Knobs]:
+    """The default first, then every vector width (the target's lanes or half of them, not
+    above the row) x ``knob``'s values x parallel rows or not (not only for small kernels)."""
+    widths = [v for v in (lanes, lanes // 2) if v >= 4 and v <= info["width"]] or [lanes]
+    parallel = (True, False) if info["rows"] * info["width"] < 4 * SERIAL_BELOW else (True,)
+    out = [default] + [
+        {"vec": v, knob: k, "parallel": p} for v in widths for k in values for p in parallel
+    ]
+    return list({tuple(sorted(k.items())): k for k in out}.values())
 
 
 def _full(buf: tirx.Buffer) -> tirx.BufferRegion:
     return tirx.BufferRegion(buf, [ir.Range(0, d) for d in buf.shape])
 
 
+def _schedules():
+    from edgec.lower import schedules  # (schedules imports this module for its registry)
+
+    return schedules
+
+
+def _decline(why: str) -> Exception:
+    """``schedules.Decline``: the template does not apply (the message says why)."""
+    return _schedules().Decline(why)
+
+
 def _float32_params(func: tirx.PrimFunc) -> None:
     for p in func.params:
         if str(p.dtype) != "float32":
-            raise Decline(f"{p.name} is {p.dtype}, not float32")
+            raise _decline(f"{p.name} is {p.dtype}, not float32")
 
 
 def _row_shape(extents: list[int]) -> tuple[int, int]:
@@ -56,7 +82,7 @@ def _param(func: tirx.PrimFunc, buffer) -> int:
     for i, p in enumerate(func.params):
         if p.same_as(buffer):
             return i
-    raise Decline(f"{buffer.name} is not a function parameter")
+    raise _decline(f"{buffer.name} is not a function parameter")
 
 
 def fast_exp(d):
@@ -84,42 +110,45 @@ class Softmax:
 
     def match(self, func: tirx.PrimFunc) -> dict:
         sch = s_tir.Schedule(func)
-        blocks = _blocks(sch)
+        blocks = _schedules()._blocks(sch)
         names = [b["name"] for b in blocks]
         if not names or names[-1] != "T_softmax_norm":
-            raise NotMine("not a softmax")
+            raise _schedules().NotMine("not a softmax")
         exp = [EXP_BLOCKS[n] for n in names if n in EXP_BLOCKS]
         if len(blocks) != 5 or [n for n in names if n not in EXP_BLOCKS] != list(SOFTMAX_BLOCKS):
-            raise Decline(f"softmax fused with other blocks: {names}")
+            raise _decline(f"softmax fused with other blocks: {names}")
         _float32_params(func)
         norm = sch.get(blocks[-1]["block"])
         extents = blocks[-1]["extents"]
         axis = int(norm.annotations["axis"]) if "axis" in norm.annotations else -1
         if axis not in (-1, len(extents) - 1):
-            raise Decline(f"softmax over axis {axis} of {len(extents)}: only the last axis")
+            raise _decline(f"softmax over axis {axis} of {len(extents)}: only the last axis")
         if len(func.params) != 2 or _param(func, blocks[0]["reads"][0]) != 0:
-            raise Decline("not a softmax of one input")
+            raise _decline("not a softmax of one input")
         rows, width = _row_shape(extents)
         return {"shape": extents, "rows": rows, "width": width, "exp": exp[0], "flops": 0}
 
     def space(self, info: dict, lanes: int) -> list[Knobs]:
-        widths = [v for v in _widths(lanes) if v <= info["width"]] or [lanes]
-        return [self.default(info, lanes)] + [
-            {"vec": v, "exp": e} for v in widths for e in ("cache", "recompute")
-        ]
+        return _space(self.default(info, lanes), info, lanes, "exp", ("cache", "recompute"))
 
     def default(self, info: dict, lanes: int) -> Knobs:
-        return {"vec": lanes, "exp": "cache"}
+        return {"vec": lanes, "exp": "cache", "parallel": _parallel(info)}
 
     def apply(self, func: tirx.PrimFunc, info: dict, knobs: Knobs) -> tirx.PrimFunc:
         if knobs.get("exp") not in ("cache", "recompute"):
-            raise Decline(f"softmax exp must be cache or recompute, not {knobs.get('exp')!r}")
+            raise _decline(f"softmax exp must be cache or recompute, not {knobs.get('exp')!r}")
         exp_of = fast_exp if info["exp"] == "fast" else exact_exp
-        return softmax_func(info["shape"], int(knobs["vec"]), knobs["exp"] == "cache", exp_of)
+        return softmax_func(
+            info["shape"], int(knobs["vec"]), knobs["exp"] == "cache", exp_of,
+            bool(knobs.get("parallel", True)),
+        )  # fmt: skip
 
 
-def softmax_func(shape: list[int], vec: int, cache: bool, exp_of) -> tirx.PrimFunc:
+def softmax_func(
+    shape: list[int], vec: int, cache: bool, exp_of, parallel: bool = True
+) -> tirx.PrimFunc:
     rows, width = _row_shape(shape)
+    rows_loop = T.parallel if parallel else T.serial
     main = width // vec * vec
     dims = [T.int64(d) for d in shape]
 
@@ -132,7 +161,7 @@ def softmax_func(shape: list[int], vec: int, cache: bool, exp_of) -> tirx.PrimFu
                 T.writes(_full(out))
                 x = T.decl_buffer((rows, width), "float32", data=a.data)
                 y = T.decl_buffer((rows, width), "float32", data=out.data)
-                for i in T.parallel(rows):
+                for i in rows_loop(rows):
                     acc = T.alloc_buffer((vec,), "float32", scope="local")
                     m = T.alloc_buffer((1,), "float32", scope="local")
                     s = T.alloc_buffer((1,), "float32", scope="local")
@@ -178,3 +207,169 @@ def softmax_func(shape: list[int], vec: int, cache: bool, exp_of) -> tirx.PrimFu
                             y[i, k] = exp_of(x[i, k] - m[0]) * s[0]
 
     return kernel
+
+
+class LayerNorm:
+    """``LayerNormalization`` over the last axis: mean, variance, ``(x - mean) * rsqrt(var +
+    eps) [* gamma] [+ beta]``."""
+
+    name = "layer_norm"
+
+    def match(self, func: tirx.PrimFunc) -> dict:
+        sch = s_tir.Schedule(func)
+        blocks = _schedules()._blocks(sch)
+        if not blocks or blocks[-1]["name"] != "T_layer_norm":
+            raise _schedules().NotMine("not a layer norm")
+        kinds = [(b["reduction"], b["reduce"]) for b in blocks]
+        if kinds != [(True, 1), (False, 0), (True, 1), (False, 0)]:
+            raise _decline(f"layer norm over several axes or fused: {[b['name'] for b in blocks]}")
+        _float32_params(func)
+        extents = blocks[-1]["extents"]
+        rows, width = _row_shape(extents)
+        total = sch.get(blocks[0]["block"])
+        last = total.reads[0].region[-1].min
+        if not (isinstance(last, tirx.Var) and last.same_as(total.iter_vars[-1].var)):
+            raise _decline("layer norm reduces an axis other than the last")
+        x = _param(func, blocks[0]["reads"][0])
+        out = _param(func, blocks[-1]["writes"])
+        eps, gamma, beta = _normalize_expr(sch.get(blocks[-1]["block"]).body.value, func, width)
+        roles = {x: "x", out: "out", **({gamma: "gamma"} if gamma is not None else {}),
+                 **({beta: "beta"} if beta is not None else {})}  # fmt: skip
+        if len(roles) != len(func.params):
+            raise _decline(f"{len(func.params)} parameters, expected x, gamma, beta, output")
+        return {
+            "shape": extents, "rows": rows, "width": width, "eps": eps,
+            "roles": [roles[i] for i in range(len(func.params))], "flops": 0,
+        }  # fmt: skip
+
+    def space(self, info: dict, lanes: int) -> list[Knobs]:
+        return _space(self.default(info, lanes), info, lanes, "var", ("two_pass", "one_pass"))
+
+    def default(self, info: dict, lanes: int) -> Knobs:
+        return {"vec": lanes, "var": "two_pass", "parallel": _parallel(info)}
+
+    def apply(self, func: tirx.PrimFunc, info: dict, knobs: Knobs) -> tirx.PrimFunc:
+        if knobs.get("var") not in ("two_pass", "one_pass"):
+            raise _decline(f"layer norm var must be two_pass or one_pass, not {knobs.get('var')!r}")
+        return layer_norm_func(
+            info["shape"], info["roles"], info["eps"], int(knobs["vec"]),
+            knobs["var"] == "one_pass", bool(knobs.get("parallel", True)),
+        )  # fmt: skip
+
+
+def _normalize_expr(value, func: tirx.PrimFunc, width: int) -> tuple[float, int | None, int | None]:
+    """``eps`` and the gamma and beta parameters of ``(x - mean) * rsqrt(var_sum / N + eps)
+    [* gamma[c]] [+ beta[c]]`` (Relax's layer norm), or Decline."""
+
+    def channel_param(e) -> int | None:
+        if not isinstance(e, ir.TensorLoad) or len(e.source.shape) != 1:
+            return None
+        if int(e.source.shape[0]) != width:
+            return None
+        return _param(func, e.source)
+
+    e, gamma, beta = value, None, None
+    if isinstance(e, tirx.Add) and channel_param(e.b) is not None:
+        beta, e = channel_param(e.b), e.a
+    if isinstance(e, tirx.Mul) and channel_param(e.b) is not None:
+        gamma, e = channel_param(e.b), e.a
+    rsqrt = e.b if isinstance(e, tirx.Mul) else None
+    if not (isinstance(e, tirx.Mul) and isinstance(e.a, tirx.Sub) and isinstance(rsqrt, ir.Call)
+            and rsqrt.op.name == "tirx.rsqrt"):  # fmt: skip
+        raise _decline(f"not a layer norm's normalization: {value}"[:200])
+    inner = rsqrt.args[0]
+    if not (isinstance(inner, tirx.Add) and isinstance(inner.b, tirx.FloatImm)):
+        raise _decline("layer norm epsilon not found")
+    return float(inner.b.value), gamma, beta
+
+
+def layer_norm_func(
+    shape: list[int],
+    roles: list[str],
+    eps: float,
+    vec: int,
+    one_pass: bool,
+    parallel: bool = True,
+) -> tirx.PrimFunc:
+    rows, width = _row_shape(shape)
+    rows_loop = T.parallel if parallel else T.serial
+    main = width // vec * vec
+    dims = [T.int64(d) for d in shape]
+    has_gamma, has_beta = "gamma" in roles, "beta" in roles
+    n = T.float32(width)
+
+    def affine(v, g, b, c):
+        v = v * g[c] if has_gamma else v
+        return v + b[c] if has_beta else v
+
+    @T.prim_func(private=True, s_tir=True)
+    def kernel(
+        a: T.Buffer(dims, "float32"),
+        g: T.Buffer((width,), "float32"),
+        b: T.Buffer((width,), "float32"),
+        out: T.Buffer(dims, "float32"),
+    ):
+        T.func_attr({"tirx.noalias": True})
+        with T.sblock("root"):  # noqa: SIM117 - TVMScript wants one block per `with`
+            with T.sblock("layer_norm_rows"):
+                T.reads(_full(a))
+                T.writes(_full(out))
+                x = T.decl_buffer((rows, width), "float32", data=a.data)
+                y = T.decl_buffer((rows, width), "float32", data=out.data)
+                for i in rows_loop(rows):
+                    acc = T.alloc_buffer((vec,), "float32", scope="local")
+                    acc2 = T.alloc_buffer((vec,), "float32", scope="local")
+                    s = T.alloc_buffer((1,), "float32", scope="local")
+                    q = T.alloc_buffer((1,), "float32", scope="local")
+                    mean = T.alloc_buffer((1,), "float32", scope="local")
+                    rstd = T.alloc_buffer((1,), "float32", scope="local")
+                    for j in T.vectorized(vec):
+                        acc[j] = T.float32(0)
+                        acc2[j] = T.float32(0)
+                    for ko in range(main // vec):
+                        for j in T.vectorized(vec):
+                            acc[j] = acc[j] + x[i, ko * vec + j]
+                            if one_pass:
+                                acc2[j] = acc2[j] + x[i, ko * vec + j] * x[i, ko * vec + j]
+                    s[0] = T.float32(0)
+                    q[0] = T.float32(0)
+                    for j in range(vec):
+                        s[0] = s[0] + acc[j]
+                        q[0] = q[0] + acc2[j]
+                    for k in range(main, width):
+                        s[0] = s[0] + x[i, k]
+                        if one_pass:
+                            q[0] = q[0] + x[i, k] * x[i, k]
+                    mean[0] = s[0] / n
+                    if one_pass:
+                        rstd[0] = T.rsqrt(
+                            T.max(q[0] / n - mean[0] * mean[0], T.float32(0)) + T.float32(eps)
+                        )
+                    else:
+                        for j in T.vectorized(vec):
+                            acc[j] = T.float32(0)
+                        for ko in range(main // vec):
+                            for j in T.vectorized(vec):
+                                acc[j] = acc[j] + (x[i, ko * vec + j] - mean[0]) * (
+                                    x[i, ko * vec + j] - mean[0]
+                                )
+                        q[0] = T.float32(0)
+                        for j in range(vec):
+                            q[0] = q[0] + acc[j]
+                        for k in range(main, width):
+                            q[0] = q[0] + (x[i, k] - mean[0]) * (x[i, k] - mean[0])
+                        rstd[0] = T.rsqrt(q[0] / n + T.float32(eps))
+                    for ko in range(main // vec):
+                        for j in T.vectorized(vec):
+                            y[i, ko * vec + j] = affine(
+                                (x[i, ko * vec + j] - mean[0]) * rstd[0], g, b, ko * vec + j
+                            )
+                    for k in range(main, width):
+                        y[i, k] = affine((x[i, k] - mean[0]) * rstd[0], g, b, k)
+
+    by_role = {"x": kernel.params[0], "gamma": kernel.params[1], "beta": kernel.params[2],
+               "out": kernel.params[3]}  # fmt: skip
+    return tirx.PrimFunc([by_role[r] for r in roles], kernel.body, attrs=kernel.attrs)
+
+
+TEMPLATES = (Softmax(), LayerNorm())
