@@ -147,9 +147,15 @@ class Softmax:
 def softmax_func(
     shape: list[int], vec: int, cache: bool, exp_of, parallel: bool = True
 ) -> tirx.PrimFunc:
+    """The kernel. A row's tail (``N % vec`` elements) runs as one vector over its last
+    ``vec`` elements (overlapping the previous one: max is idempotent, the tail's exponentials
+    go to a local vector and only its last lanes are summed and stored); rows shorter than
+    ``vec`` run scalar."""
     rows, width = _row_shape(shape)
     rows_loop = T.parallel if parallel else T.serial
     main = width // vec * vec
+    over = main < width and width >= vec  # the tail as one overlapping vector
+    base, first = width - vec, vec - (width - main)  # its start, its first new lane
     dims = [T.int64(d) for d in shape]
 
     @T.prim_func(private=True, s_tir=True)
@@ -163,6 +169,7 @@ def softmax_func(
                 y = T.decl_buffer((rows, width), "float32", data=out.data)
                 for i in rows_loop(rows):
                     acc = T.alloc_buffer((vec,), "float32", scope="local")
+                    t = T.alloc_buffer((vec,), "float32", scope="local")  # tail exponentials
                     m = T.alloc_buffer((1,), "float32", scope="local")
                     s = T.alloc_buffer((1,), "float32", scope="local")
                     for j in T.vectorized(vec):
@@ -170,11 +177,15 @@ def softmax_func(
                     for ko in range(main // vec):
                         for j in T.vectorized(vec):
                             acc[j] = T.max(acc[j], x[i, ko * vec + j])
+                    if over:
+                        for j in T.vectorized(vec):
+                            acc[j] = T.max(acc[j], x[i, base + j])
                     m[0] = T.float32(F32_LOWEST)
                     for j in range(vec):
                         m[0] = T.max(m[0], acc[j])
-                    for k in range(main, width):
-                        m[0] = T.max(m[0], x[i, k])
+                    if not over:
+                        for k in range(main, width):
+                            m[0] = T.max(m[0], x[i, k])
                     for j in T.vectorized(vec):
                         acc[j] = T.float32(0)
                     for ko in range(main // vec):
@@ -187,12 +198,20 @@ def softmax_func(
                     s[0] = T.float32(0)
                     for j in range(vec):
                         s[0] = s[0] + acc[j]
-                    for k in range(main, width):
-                        if cache:
-                            y[i, k] = exp_of(x[i, k] - m[0])
-                            s[0] = s[0] + y[i, k]
-                        else:
-                            s[0] = s[0] + exp_of(x[i, k] - m[0])
+                    if over:
+                        for j in T.vectorized(vec):
+                            t[j] = exp_of(x[i, base + j] - m[0])
+                        for j in range(first, vec):
+                            s[0] = s[0] + t[j]
+                            if cache:
+                                y[i, base + j] = t[j]
+                    else:
+                        for k in range(main, width):
+                            if cache:
+                                y[i, k] = exp_of(x[i, k] - m[0])
+                                s[0] = s[0] + y[i, k]
+                            else:
+                                s[0] = s[0] + exp_of(x[i, k] - m[0])
                     s[0] = T.float32(1) / s[0]
                     for ko in range(main // vec):
                         for j in T.vectorized(vec):
@@ -200,11 +219,15 @@ def softmax_func(
                                 y[i, ko * vec + j] = y[i, ko * vec + j] * s[0]
                             else:
                                 y[i, ko * vec + j] = exp_of(x[i, ko * vec + j] - m[0]) * s[0]
-                    for k in range(main, width):
-                        if cache:
-                            y[i, k] = y[i, k] * s[0]
-                        else:
-                            y[i, k] = exp_of(x[i, k] - m[0]) * s[0]
+                    if cache or not over:
+                        for k in range(main, width):
+                            if cache:
+                                y[i, k] = y[i, k] * s[0]
+                            else:
+                                y[i, k] = exp_of(x[i, k] - m[0]) * s[0]
+                    else:
+                        for j in range(first, vec):
+                            y[i, base + j] = t[j] * s[0]
 
     return kernel
 
