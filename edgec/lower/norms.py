@@ -17,7 +17,10 @@ Knobs: ``vec`` (vector width: the target's lanes or half of them); softmax ``exp
 (exponentials written to the output, then scaled in place) or ``recompute`` (computed again
 in the normalizing pass: no second read of the output); layer norm ``var``: ``two_pass`` (the
 squared deviations summed after the mean, as Relax computes it) or ``one_pass`` (sum and sum
-of squares in one read of the row, ``E[x^2] - mean^2``, as onnxruntime computes it).
+of squares in one read of the row, ``E[d^2] - E[d]^2`` with ``d = x - x[0]``, the row's first
+element as the shift: no cancellation when the mean is large against the spread). Both:
+``parallel`` (rows split over the threads, or one thread: below a few thousand elements a
+parallel launch costs more than the rows).
 """
 
 from __future__ import annotations
@@ -321,6 +324,9 @@ def layer_norm_func(
     has_gamma, has_beta = "gamma" in roles, "beta" in roles
     n = T.float32(width)
 
+    def shifted(v, sh):
+        return v - sh[0] if one_pass else v
+
     def affine(v, g, b, c):
         v = v * g[c] if has_gamma else v
         return v + b[c] if has_beta else v
@@ -346,28 +352,35 @@ def layer_norm_func(
                     q = T.alloc_buffer((1,), "float32", scope="local")
                     mean = T.alloc_buffer((1,), "float32", scope="local")
                     rstd = T.alloc_buffer((1,), "float32", scope="local")
+                    sh = T.alloc_buffer((1,), "float32", scope="local")
+                    # one_pass sums x - x[i, 0] and its square: no cancellation when the row's
+                    # mean is large against its spread (shifted-data variance)
+                    sh[0] = x[i, 0] if one_pass else T.float32(0)
                     for j in T.vectorized(vec):
                         acc[j] = T.float32(0)
                         acc2[j] = T.float32(0)
                     for ko in range(main // vec):
                         for j in T.vectorized(vec):
-                            acc[j] = acc[j] + x[i, ko * vec + j]
+                            acc[j] = acc[j] + shifted(x[i, ko * vec + j], sh)
                             if one_pass:
-                                acc2[j] = acc2[j] + x[i, ko * vec + j] * x[i, ko * vec + j]
+                                acc2[j] = acc2[j] + shifted(x[i, ko * vec + j], sh) * shifted(
+                                    x[i, ko * vec + j], sh
+                                )
                     s[0] = T.float32(0)
                     q[0] = T.float32(0)
                     for j in range(vec):
                         s[0] = s[0] + acc[j]
                         q[0] = q[0] + acc2[j]
                     for k in range(main, width):
-                        s[0] = s[0] + x[i, k]
+                        s[0] = s[0] + shifted(x[i, k], sh)
                         if one_pass:
-                            q[0] = q[0] + x[i, k] * x[i, k]
+                            q[0] = q[0] + shifted(x[i, k], sh) * shifted(x[i, k], sh)
                     mean[0] = s[0] / n
                     if one_pass:
                         rstd[0] = T.rsqrt(
                             T.max(q[0] / n - mean[0] * mean[0], T.float32(0)) + T.float32(eps)
                         )
+                        mean[0] = mean[0] + sh[0]
                     else:
                         for j in T.vectorized(vec):
                             acc[j] = T.float32(0)

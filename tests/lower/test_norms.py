@@ -145,3 +145,25 @@ def test_templates_are_registered_before_generic():
     assert names.index("softmax") < names.index("generic")
     assert names.index("layer_norm") < names.index("generic")
     assert [t.name for t in norms.TEMPLATES] == ["softmax", "layer_norm"]
+
+
+@pytest.mark.parametrize("var", ["two_pass", "one_pass"])
+def test_layer_norm_variance_of_rows_far_from_zero(var):
+    """Rows with mean 1000 and spread 1 (float32 spacing there: 6e-5): the one-pass variance
+    shifts by the row's first element, so it loses no more than the two-pass one."""
+    tvm = lower._tvm()
+    rows, c = 6, 192
+    roles = ["x", "gamma", "beta", "out"]
+    func = norms.layer_norm_func([rows, c], roles, 1e-5, 16, var == "one_pass")
+    rng = np.random.default_rng(RNG_SEED)
+    x = (1000 + rng.standard_normal((rows, c))).astype(np.float32)
+    g, b = rng.standard_normal(c).astype(np.float32), rng.standard_normal(c).astype(np.float32)
+    target = tvm.target.Target(lower.target_json(targets.get("x86_64"), 1))
+    lib = tvm.tirx.build(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target)
+    dev = tvm.cpu(0)
+    args = [tvm.runtime.tensor(a, dev) for a in (x, g, b, np.zeros_like(x))]
+    lib["main"](*args)
+    x64 = x.astype(np.float64)
+    mean, var64 = x64.mean(-1, keepdims=True), x64.var(-1, keepdims=True)
+    want = (x64 - mean) / np.sqrt(var64 + 1e-5) * g + b
+    assert np.abs(args[3].numpy() - want).max() < 2e-3
