@@ -33,8 +33,12 @@ from tvm.script import tirx as T
 Knobs = dict
 
 
-SOFTMAX_BLOCKS = ("T_softmax_maxelem", "T_softmax_delta", "T_softmax_expsum", "T_softmax_norm")
-EXP_BLOCKS = {"T_fast_exp": "fast", "T_softmax_exp": "exact"}
+# Relax's softmax blocks -> its exponential: fast_exp after FastMathTransform, else exp(x - max)
+SOFTMAX_BLOCKS = {
+    ("T_softmax_maxelem", "T_softmax_delta", "T_fast_exp", "T_softmax_expsum", "T_softmax_norm"):
+        "fast",
+    ("T_softmax_maxelem", "T_softmax_exp", "T_softmax_expsum", "T_softmax_norm"): "exact",
+}  # fmt: skip
 F32_LOWEST = -3.4028234663852886e38
 
 
@@ -117,8 +121,8 @@ class Softmax:
         names = [b["name"] for b in blocks]
         if not names or names[-1] != "T_softmax_norm":
             raise _schedules().NotMine("not a softmax")
-        exp = [EXP_BLOCKS[n] for n in names if n in EXP_BLOCKS]
-        if len(blocks) != 5 or [n for n in names if n not in EXP_BLOCKS] != list(SOFTMAX_BLOCKS):
+        exp = SOFTMAX_BLOCKS.get(tuple(names))
+        if exp is None:
             raise _decline(f"softmax fused with other blocks: {names}")
         _float32_params(func)
         norm = sch.get(blocks[-1]["block"])
@@ -129,7 +133,7 @@ class Softmax:
         if len(func.params) != 2 or _param(func, blocks[0]["reads"][0]) != 0:
             raise _decline("not a softmax of one input")
         rows, width = _row_shape(extents)
-        return {"shape": extents, "rows": rows, "width": width, "exp": exp[0], "flops": 0}
+        return {"shape": extents, "rows": rows, "width": width, "exp": exp, "flops": 0}
 
     def space(self, info: dict, lanes: int) -> list[Knobs]:
         return _space(self.default(info, lanes), info, lanes, "exp", ("cache", "recompute"))

@@ -81,7 +81,7 @@ def test_softmax_over_another_axis_declines(tmp_path):
     assert_close(got, want)
 
 
-def _tasks(model: onnx.ModelProto) -> tuple[list[measure.Task], dict]:
+def _tasks(model: onnx.ModelProto, fast_math: bool = True) -> tuple[list[measure.Task], dict]:
     from tvm import relax
     from tvm.relax import transform
 
@@ -89,7 +89,8 @@ def _tasks(model: onnx.ModelProto) -> tuple[list[measure.Task], dict]:
     tj = lower.target_json(target, 2)
     tvm = lower._tvm()
     with tvm.target.Target(tj):
-        mod = transform.FastMathTransform()(lower.to_relax(model))
+        mod = lower.to_relax(model)
+        mod = transform.FastMathTransform()(mod) if fast_math else mod
         mod = relax.get_pipeline("zero")(mod)
     return measure.kernel_tasks(mod, lower.vector_lanes(target)), tj
 
@@ -112,6 +113,19 @@ def test_every_candidate_computes_what_the_default_computes(model, template, siz
     want = measure.outputs(task, task.default, tj)
     for knobs in task.space[1:]:
         assert search._compare(measure.outputs(task, knobs, tj), want) is None, knobs
+
+
+def test_softmax_without_fast_math_keeps_exp():
+    """Without FastMathTransform Relax's softmax calls ``exp``: the template keeps it."""
+    tasks, tj = _tasks(softmax_model((4, 37)), fast_math=False)
+    (task,) = [t for t in tasks if t.template == "softmax"]
+    assert task.info["exp"] == "exact"
+    x = measure._arrays(task.func, 0)[0].astype(np.float64)
+    want = np.exp(x - x.max(-1, keepdims=True))
+    want /= want.sum(-1, keepdims=True)
+    for knobs in task.space:
+        (got,) = measure.outputs(task, knobs, tj)
+        assert np.abs(got - want).max() < 1e-6, knobs
 
 
 def test_latency_search_times_the_templates(tmp_path):
