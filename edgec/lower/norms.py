@@ -13,6 +13,11 @@ parallel task per row, the row staying in L1 between its passes:
 * softmax's exponential is the one Relax used: TVM's ``fast_exp`` polynomial (what
   ``FastMathTransform`` made of it; same constants, same order) or ``exp``.
 
+Per-row scratch (accumulators, max, sum) is allocated in the ``global`` scope: TVM's
+LowerTVMBuiltin puts small constant-size ``global`` allocations on the stack but serves
+``local`` ones by ``TVMBackendAllocWorkspace`` calls, here one per buffer per row (measured:
+2-5x slower kernels).
+
 Knobs: ``vec`` (vector width: the target's lanes or half of them); softmax ``exp``: ``cache``
 (exponentials written to the output, then scaled in place) or ``recompute`` (computed again
 in the normalizing pass: no second read of the output); layer norm ``var``: ``two_pass`` (the
@@ -175,10 +180,10 @@ def softmax_func(
                 x = T.decl_buffer((rows, width), "float32", data=a.data)
                 y = T.decl_buffer((rows, width), "float32", data=out.data)
                 for i in rows_loop(rows):
-                    acc = T.alloc_buffer((vec,), "float32", scope="local")
-                    t = T.alloc_buffer((vec,), "float32", scope="local")  # tail exponentials
-                    m = T.alloc_buffer((1,), "float32", scope="local")
-                    s = T.alloc_buffer((1,), "float32", scope="local")
+                    acc = T.alloc_buffer((vec,), "float32")
+                    t = T.alloc_buffer((vec,), "float32")  # tail exponentials
+                    m = T.alloc_buffer((1,), "float32")
+                    s = T.alloc_buffer((1,), "float32")
                     for j in T.vectorized(vec):
                         acc[j] = T.float32(F32_LOWEST)
                     for ko in range(main // vec):
@@ -350,13 +355,13 @@ def layer_norm_func(
                 x = T.decl_buffer((rows, width), "float32", data=a.data)
                 y = T.decl_buffer((rows, width), "float32", data=out.data)
                 for i in rows_loop(rows):
-                    acc = T.alloc_buffer((vec,), "float32", scope="local")
-                    acc2 = T.alloc_buffer((vec,), "float32", scope="local")
-                    s = T.alloc_buffer((1,), "float32", scope="local")
-                    q = T.alloc_buffer((1,), "float32", scope="local")
-                    mean = T.alloc_buffer((1,), "float32", scope="local")
-                    rstd = T.alloc_buffer((1,), "float32", scope="local")
-                    sh = T.alloc_buffer((1,), "float32", scope="local")
+                    acc = T.alloc_buffer((vec,), "float32")
+                    acc2 = T.alloc_buffer((vec,), "float32")
+                    s = T.alloc_buffer((1,), "float32")
+                    q = T.alloc_buffer((1,), "float32")
+                    mean = T.alloc_buffer((1,), "float32")
+                    rstd = T.alloc_buffer((1,), "float32")
+                    sh = T.alloc_buffer((1,), "float32")
                     # one_pass sums x - x[i, 0] and its square: no cancellation when the row's
                     # mean is large against its spread (shifted-data variance)
                     sh[0] = x[i, 0] if one_pass else T.float32(0)
