@@ -97,6 +97,34 @@ def _param(func: tirx.PrimFunc, buffer) -> int:
     raise _decline(f"{buffer.name} is not a function parameter")
 
 
+def _halving(combine):
+    """A TVMScript macro folding ``acc[0:vec]`` into ``acc[0]`` with ``combine`` in log2(vec)
+    vector steps (a tree: LLVM does not reassociate a sequential float reduction)."""
+
+    @T.macro
+    def fold(acc, vec):
+        if vec >= 32:
+            for j in T.vectorized(16):
+                acc[j] = combine(acc[j], acc[j + 16])
+        if vec >= 16:
+            for j in T.vectorized(8):
+                acc[j] = combine(acc[j], acc[j + 8])
+        if vec >= 8:
+            for j in T.vectorized(4):
+                acc[j] = combine(acc[j], acc[j + 4])
+        if vec >= 4:
+            for j in T.vectorized(2):
+                acc[j] = combine(acc[j], acc[j + 2])
+        if vec >= 2:
+            acc[0] = combine(acc[0], acc[1])
+
+    return fold
+
+
+fold_max = _halving(lambda a, b: T.max(a, b))
+fold_sum = _halving(lambda a, b: a + b)
+
+
 def fast_exp(d):
     """TVM's ``fast_exp`` (topi/elemwise.h, what FastMathTransform emits), as a TIR expression:
     ``2^n * p(r)`` with ``n = round(x log2 e)``, a degree-7 polynomial on ``r = x - n ln 2``."""
@@ -192,9 +220,8 @@ def softmax_func(
                     if over:
                         for j in T.vectorized(vec):
                             acc[j] = T.max(acc[j], x[i, base + j])
-                    m[0] = T.float32(F32_LOWEST)
-                    for j in range(vec):
-                        m[0] = T.max(m[0], acc[j])
+                    fold_max(acc, vec)
+                    m[0] = acc[0]
                     if not over:
                         for k in range(main, width):
                             m[0] = T.max(m[0], x[i, k])
@@ -207,9 +234,8 @@ def softmax_func(
                                 acc[j] = acc[j] + y[i, ko * vec + j]
                             else:
                                 acc[j] = acc[j] + exp_of(x[i, ko * vec + j] - m[0])
-                    s[0] = T.float32(0)
-                    for j in range(vec):
-                        s[0] = s[0] + acc[j]
+                    fold_sum(acc, vec)
+                    s[0] = acc[0]
                     if over:
                         for j in T.vectorized(vec):
                             t[j] = exp_of(x[i, base + j] - m[0])
@@ -375,11 +401,10 @@ def layer_norm_func(
                                 acc2[j] = acc2[j] + shifted(x[i, ko * vec + j], sh) * shifted(
                                     x[i, ko * vec + j], sh
                                 )
-                    s[0] = T.float32(0)
-                    q[0] = T.float32(0)
-                    for j in range(vec):
-                        s[0] = s[0] + acc[j]
-                        q[0] = q[0] + acc2[j]
+                    fold_sum(acc, vec)
+                    fold_sum(acc2, vec)
+                    s[0] = acc[0]
+                    q[0] = acc2[0]
                     for k in range(main, width):
                         s[0] = s[0] + shifted(x[i, k], sh)
                         if one_pass:
@@ -398,9 +423,8 @@ def layer_norm_func(
                                 acc[j] = acc[j] + (x[i, ko * vec + j] - mean[0]) * (
                                     x[i, ko * vec + j] - mean[0]
                                 )
-                        q[0] = T.float32(0)
-                        for j in range(vec):
-                            q[0] = q[0] + acc[j]
+                        fold_sum(acc, vec)
+                        q[0] = acc[0]
                         for k in range(main, width):
                             q[0] = q[0] + (x[i, k] - mean[0]) * (x[i, k] - mean[0])
                         rstd[0] = T.rsqrt(q[0] / n + T.float32(eps))
