@@ -7,9 +7,10 @@ blocks (by their TOPI names and shapes, last axis only) and generate the kernel 
 parallel task per row, the row staying in L1 between its passes:
 
 * every reduction over the row runs in ``vec`` vector accumulators over the first
-  ``N // vec * vec`` elements, then a horizontal reduction and a scalar tail, so ``N`` need
-  not be a multiple of the vector width (197, 50, 7);
-* the elementwise passes (exp, normalize) are vectorized the same way, tail scalar;
+  ``N // vec * vec`` elements, folded by a halving tree of vector steps; ``N`` need not be a
+  multiple of the vector width (197, 50, 7): softmax runs the tail as one vector overlapping
+  the previous one, layer norm scalar;
+* the elementwise passes (exp, normalize) are vectorized the same way;
 * softmax's exponential is the one Relax used: TVM's ``fast_exp`` polynomial (what
   ``FastMathTransform`` made of it; same constants, same order) or ``exp``.
 
@@ -56,7 +57,7 @@ def _parallel(info: dict) -> bool:
 
 def _space(default: Knobs, info: dict, lanes: int, knob: str, values: tuple) -> list[Knobs]:
     """The default first, then every vector width (the target's lanes or half of them, not
-    above the row) x ``knob``'s values x parallel rows or not (not only for small kernels)."""
+    above the row) x ``knob``'s values x parallel rows (and serial ones for small kernels)."""
     widths = [v for v in (lanes, lanes // 2) if v >= 4 and v <= info["width"]] or [lanes]
     parallel = (True, False) if info["rows"] * info["width"] < 4 * SERIAL_BELOW else (True,)
     out = [default] + [
@@ -88,6 +89,14 @@ def _float32_params(func: tirx.PrimFunc) -> None:
 
 def _row_shape(extents: list[int]) -> tuple[int, int]:
     return math.prod(extents[:-1]), extents[-1]
+
+
+def _reduces_last_axis(sch: s_tir.Schedule, block: dict) -> bool:
+    """Whether the reduction ``block`` reduces its input's last axis with its last iterator."""
+    stmt = sch.get(block["block"])
+    last = stmt.reads[0].region[-1].min
+    var = stmt.iter_vars[-1]
+    return int(var.iter_type) == 2 and isinstance(last, tirx.Var) and last.same_as(var.var)
 
 
 def _param(func: tirx.PrimFunc, buffer) -> int:
@@ -161,7 +170,7 @@ class Softmax:
         norm = sch.get(blocks[-1]["block"])
         extents = blocks[-1]["extents"]
         axis = int(norm.annotations["axis"]) if "axis" in norm.annotations else -1
-        if axis not in (-1, len(extents) - 1):
+        if axis not in (-1, len(extents) - 1) or not _reduces_last_axis(sch, blocks[0]):
             raise _decline(f"softmax over axis {axis} of {len(extents)}: only the last axis")
         if len(func.params) != 2 or _param(func, blocks[0]["reads"][0]) != 0:
             raise _decline("not a softmax of one input")
@@ -287,9 +296,7 @@ class LayerNorm:
         _float32_params(func)
         extents = blocks[-1]["extents"]
         rows, width = _row_shape(extents)
-        total = sch.get(blocks[0]["block"])
-        last = total.reads[0].region[-1].min
-        if not (isinstance(last, tirx.Var) and last.same_as(total.iter_vars[-1].var)):
+        if not _reduces_last_axis(sch, blocks[0]):
             raise _decline("layer norm reduces an axis other than the last")
         x = _param(func, blocks[0]["reads"][0])
         out = _param(func, blocks[-1]["writes"])
@@ -341,6 +348,10 @@ def _normalize_expr(value, func: tirx.PrimFunc, width: int) -> tuple[float, int 
     inner = rsqrt.args[0]
     if not (isinstance(inner, tirx.Add) and isinstance(inner.b, tirx.FloatImm)):
         raise _decline("layer norm epsilon not found")
+    var = inner.a  # the biased variance: sum of squared deviations / N
+    if not (isinstance(var, tirx.Div) and isinstance(var.b, tirx.FloatImm)
+            and float(var.b.value) == width):  # fmt: skip
+        raise _decline(f"layer norm variance not divided by {width}")
     return float(inner.b.value), gamma, beta
 
 
