@@ -2,7 +2,7 @@
 
 Each case compiles a one-op ONNX model for this machine, runs it through the Relax VM and
 compares with onnxruntime; it also checks that the norms template (not ``generic``) scheduled
-the kernel. Row widths are not multiples of the vector width (197, 50, 33, 7: scalar tails),
+the kernel. Row widths are not multiples of the vector width (197, 50, 33, 7: row tails),
 and every candidate of the search space is checked against the default.
 """
 
