@@ -181,3 +181,36 @@ def test_layer_norm_variance_of_rows_far_from_zero(var):
     mean, var64 = x64.mean(-1, keepdims=True), x64.var(-1, keepdims=True)
     want = (x64 - mean) / np.sqrt(var64 + 1e-5) * g + b
     assert np.abs(args[3].numpy() - want).max() < 2e-3
+
+
+@pytest.mark.parametrize(
+    "model", [softmax_model((2, 2, 50, 50)), layer_norm_model((3, 50), "scale_bias")],
+    ids=["softmax", "layer_norm"],
+)  # fmt: skip
+def test_avx2_vector_widths(model):
+    """AVX2 (8 lanes): vec 8 and 4, the 4-lane halving tree, on this CPU."""
+    target = targets.get("x86_64-avx2")
+    if not lower.host_can_run(target):
+        pytest.skip("this CPU cannot run AVX2 code")
+    tj = lower.target_json(target, 2)
+    tvm = lower._tvm()
+    from tvm import relax
+    from tvm.relax import transform
+
+    with tvm.target.Target(tj):
+        mod = relax.get_pipeline("zero")(transform.FastMathTransform()(lower.to_relax(model)))
+    (task,) = [t for t in measure.kernel_tasks(mod, lower.vector_lanes(target))
+               if t.template in ("softmax", "layer_norm")]  # fmt: skip
+    assert {k["vec"] for k in task.space} == {8, 4}
+    measure.prepare(2)
+    arrays = [a.astype(np.float64) for a in measure._arrays(task.func, 0)]
+    x = arrays[0]
+    if task.template == "softmax":
+        want = np.exp(x - x.max(-1, keepdims=True))
+        want /= want.sum(-1, keepdims=True)
+    else:  # x, gamma, beta (random here: the kernel alone, not the model's constants)
+        g, b = (arrays[task.info["roles"].index(r)] for r in ("gamma", "beta"))
+        want = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-3) * g + b
+    for knobs in task.space:
+        (got,) = measure.outputs(task, knobs, tj)
+        assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max(), knobs
