@@ -3,8 +3,8 @@
 Relax legalizes each into one fused kernel of several blocks (softmax: max, ``x - max``, exp,
 sum, divide; layer norm: sum, mean, sum of squared deviations, normalize). ``Generic`` runs
 their rows in parallel but vectorizes none of the reductions. These templates recognize the
-blocks (by their TOPI names and shapes, last axis only) and generate the kernel again, one
-parallel task per row, the row staying in L1 between its passes:
+blocks (by their TOPI names and shapes, last axis only) and generate the kernel again, rows
+split over the threads, each row staying in L1 between its passes:
 
 * every reduction over the row runs in ``vec`` vector accumulators over the first
   ``N // vec * vec`` elements, folded by a halving tree of vector steps; ``N`` need not be a
