@@ -504,6 +504,7 @@ GENERIC_CASES = {
     ),
 }
 GENERIC_BUGS: dict[str, tuple[type[BaseException], str]] = {}
+NORMS = {"softmax-last-axis": "softmax", "layernorm": "layer_norm"}  # edgec.lower.norms now
 
 
 @pytest.mark.parametrize("name", params(GENERIC_CASES, GENERIC_BUGS))
@@ -512,7 +513,7 @@ def test_generic_template(name: str, tmp_path: Path):
     records, actual, expected = compile_and_run(build_model(), tmp_path)
     assert records, "no kernels"
     assert_close(actual, expected)
-    assert_template(records, kernel_part, "generic")
+    assert_template(records, kernel_part, NORMS.get(name, "generic"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -608,7 +609,9 @@ SPACE_BUGS: dict[str, tuple[type[BaseException], str]] = {}
 @pytest.mark.parametrize("name", params(SPACE_CASES, SPACE_BUGS))
 def test_every_knob_candidate(name: str, tmp_path: Path, monkeypatch):
     build_model, kernel_part = SPACE_CASES[name]
-    template = {"conv2d": "conv2d", "matmul": "matmul"}.get(kernel_part, "generic")
+    template = {"conv2d": "conv2d", "matmul": "matmul", "layer_norm": "layer_norm"}.get(
+        kernel_part, "generic"
+    )
     assert sweep_space(build_model(), tmp_path, monkeypatch, kernel_part, template) >= 2
 
 
