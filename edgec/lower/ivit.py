@@ -125,9 +125,9 @@ def shiftmax_func(
                 T.reads(x[0:rows, 0:width])
                 T.writes(out[0:rows, 0:width])
                 for i in T.parallel(rows):
-                    m = T.alloc_buffer((1,), I32, scope="local")
-                    s = T.alloc_buffer((1,), "int64", scope="local")
-                    ex = T.alloc_buffer((width,), I32, scope="local")  # the row's exponentials
+                    m = T.alloc_buffer((1,), I32)
+                    s = T.alloc_buffer((1,), "int64")
+                    ex = T.alloc_buffer((width,), I32)  # the row's exponentials
                     m[0] = T.Cast(I32, x[i, 0])
                     for j in range(width):
                         m[0] = T.max(m[0], T.Cast(I32, x[i, j]))
@@ -186,7 +186,7 @@ def shift_gelu_func(
                 T.reads(x[0:rows, 0:width])
                 T.writes(out[0:rows, 0:width])
                 for i in T.parallel(rows):
-                    m = T.alloc_buffer((1,), I64, scope="local")
+                    m = T.alloc_buffer((1,), I64)
                     m[0] = T.int64(0)
                     if row_max:
                         m[0] = T.Cast(I64, x[i, 0])
@@ -264,11 +264,11 @@ def layernorm_func(
                 )
                 T.writes(out[0:rows, 0:channels])
                 for i in T.parallel(rows):
-                    acc = T.alloc_buffer((1,), I64, scope="local")
-                    sq = T.alloc_buffer((1,), I64, scope="local")
-                    var = T.alloc_buffer((1,), I64, scope="local")
-                    k = T.alloc_buffer((1,), I64, scope="local")
-                    w = T.alloc_buffer((1,), I64, scope="local")
+                    acc = T.alloc_buffer((1,), I64)
+                    sq = T.alloc_buffer((1,), I64)
+                    var = T.alloc_buffer((1,), I64)
+                    k = T.alloc_buffer((1,), I64)
+                    w = T.alloc_buffer((1,), I64)
                     acc[0] = T.int64(0)
                     sq[0] = T.int64(0)
                     for j in range(channels):
