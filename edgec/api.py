@@ -119,6 +119,7 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
     ndk: str | os.PathLike | None = None,
     bundle: bool = True,
     conv_algo: str = "auto",
+    layout: str = "nchw",
     integer_only: bool = False,
     int8: bool = False,
     calib: str | os.PathLike | None = None,
@@ -141,6 +142,8 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
     ``conv_algo`` forces a convolution algorithm (direct, im2col, im2win, winograd) where it
     applies, or with ``auto`` lets the search choose per conv layer (without a search: Winograd
     for big 3x3 stride-1 convs, else direct; ``conv_algos.heuristic``).
+    ``layout`` (``conv_nhwc.LAYOUTS``) is the activation layout of float convolutions: ``nchw``
+    (ONNX's) or ``nhwc`` (``edgec.lower.conv_nhwc``); int8 models stay NCHW.
 
     ``gates`` (``edgec.report.gates.Gates``) are evaluated into ``report["gates"]``; a violated
     gate does not stop the compile (the artifact is written): the caller decides (the CLI exits 1).
@@ -180,7 +183,11 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
     precision = "int8" if int8_options else "fp32"
     from edgec.lower import conv_algos
 
+    from edgec.lower.conv_nhwc import LAYOUTS
+
     conv_algos.check_choice(conv_algo)
+    if layout not in LAYOUTS:
+        raise InvalidInputError(f"unknown layout {layout!r}: use one of {', '.join(LAYOUTS)}")
     remote = None
     if rpc or tracker:
         if search == "none":
@@ -226,7 +233,7 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
         try:
             executable, kernels = lower.build(
                 to_build, tgt, threads, tune=tuner, conv_algo=conv_algo, conv_plan=plans,
-                integer_only=integer_only, quant=lowered,
+                integer_only=integer_only, quant=lowered, layout=layout,
             )  # fmt: skip
         finally:
             if remote is not None:
@@ -283,6 +290,7 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
             "kernels": kernels,
             "search": search_report,
             "conv_algos": plans[0].summary() if plans else {"conv_algo": conv_algo},
+            "layout": "nchw" if lowered or int8_options else layout,
         }
         if quantized is not None:
             keys = ("format", "activations", "weights", "kept_float")

@@ -51,7 +51,7 @@ _BAD_TYPES = {
 }  # fmt: skip
 
 # ops with an edgec converter (edgec.lower.converters.CONVERTERS), replacing TVM's
-CONVERTED = ("Resize", "Upsample", "NonMaxSuppression", "ReduceMax", "ReduceMin")
+CONVERTED = ("Resize", "Upsample", "NonMaxSuppression", "ReduceMax", "ReduceMin", "Clip")
 
 
 def declined(node: onnx.NodeProto, types: dict[str, int], consts: dict | None = None) -> str | None:

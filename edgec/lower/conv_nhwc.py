@@ -1,0 +1,185 @@
+"""NHWC convolution template: the convs of a model lowered with ``layout="nhwc"``.
+
+TVM legalizes an NHWC conv (``conv2d_nhwc`` / ``group_conv2d_nhwc`` block, weight
+``[KH, KW, C/g, F]``) into a PrimFunc of the usual shape: padding, the conv, an injective epilogue
+(bias, residual add, ReLU/clip). Output channels are the innermost, contiguous axis, so every
+conv is vectorized over them:
+
+* dense and grouped convs: the output is tiled ``xb`` columns x ``fb`` channels, accumulated in
+  registers; each input pixel is broadcast against ``fb`` contiguous weights (packed at compile
+  time to ``[F/fb, KH, KW, C/g, fb]``, ``meta_schedule.layout_rewrite_preproc``). A 1x1 conv is
+  the GEMM ``[H*W, C] x [C, F]`` with this register tile.
+* depthwise convs: the input is per channel, so a vector of ``fb`` channels of ``xb`` output
+  pixels are independent accumulators; input and weight vectors are both contiguous.
+
+``order`` puts the output-channel blocks outside the rows (``fy``: a weight block stays in cache
+for a whole channel slice) or inside them (``yf``: an input row stays in cache for every channel
+block); the leading loops are fused and parallel. ``pad`` computes the zero padding per parallel
+iteration (``row``), once for the whole input in its own parallel loop (``root``) or inline in
+the conv's reads (``inline``; a 1x1 conv without padding always inlines its copy).
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+
+# (edgec.lower.schedules is imported in the functions: it imports this module for TEMPLATES)
+
+BLOCKS = ("conv2d_nhwc", "group_conv2d_nhwc")
+
+
+LAYOUTS = ("nchw", "nhwc")
+
+
+def convert(mod):
+    """Every 2-D conv of ``mod`` in NHWC (weights HWIO), the layout propagated through the ops
+    between convs: constants are folded first (a bias reshaped at run time would stop it) and
+    after (the transposed weights and biases become constants again)."""
+    from tvm import relax
+
+    mod = relax.transform.FoldConstant()(mod)
+    mod = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]})(mod)
+    return relax.transform.FoldConstant()(mod)
+
+
+class Conv2dNhwc:
+    name = "conv2d_nhwc"
+
+    def match(self, func: tirx.PrimFunc) -> dict:
+        from edgec.lower import schedules as S
+
+        sch = s_tir.Schedule(func)
+        blocks = S._blocks(sch)
+        if not any(b["name"] in BLOCKS for b in blocks):
+            raise S.NotMine("no NHWC conv block")
+        index, conv = S._anchor(blocks)
+        if conv["name"] not in BLOCKS or conv["spatial"] != 4 or conv["reduce"] != 3:
+            raise S.Decline("the reduction is not the NHWC conv")
+        if str(conv["writes"].dtype) != "float32":
+            raise S.Decline(f"{conv['writes'].dtype} output (float32 only)")
+        n, h, w, f = conv["extents"][:4]
+        kh, kw, cg = conv["extents"][4:]
+        data, weight = conv["reads"]
+        wparam = S._param_index(func, weight)
+        if wparam is None or [int(d) for d in weight.shape] != [kh, kw, cg, f]:
+            raise S.Decline("the weight is not a [KH, KW, C/g, F] function parameter")
+        if index != len(blocks) - 1 and blocks[-1]["extents"] != conv["extents"][:4]:
+            raise S.Decline("the output is not the convolution's shape")
+        c = int(data.shape[3])
+        groups = c // cg
+        return {
+            "n": n, "h": h, "w": w, "f": f, "c": c, "kh": kh, "kw": kw, "cin_per_group": cg,
+            "og": f // groups, "depthwise": cg == 1 and f == groups,
+            "anchor": index, "weight_param": wparam, "padded": index > 0,
+            "flops": 2 * n * h * w * f * cg * kh * kw,
+        }  # fmt: skip
+
+    def _fbs(self, info: dict, lanes: int) -> list[int]:
+        from edgec.lower import schedules as S
+
+        return S._divisors(_span(info), (2 * lanes, lanes, lanes // 2, 4))
+
+    def space(self, info: dict, lanes: int) -> list[dict]:
+
+        fbs = self._fbs(info, lanes)
+        out = [self.default(info, lanes)]
+        xbs = (2, 4, 7, 8) if info["depthwise"] else (4, 6, 7, 8, 14)
+        pads = ("row", "root", "inline") if self._needs_pad(info) else ("inline",)
+        for fb in [b for b in fbs if b >= lanes // 2][:2]:
+            for xb in sorted({min(info["w"], x) for x in xbs}):
+                if fb * xb > 16 * lanes:  # more accumulators than registers
+                    continue
+                for order in ("yf", "fy"):
+                    out.append({"fb": fb, "xb": xb, "order": order, "pad": pads[0]})
+        out += [{**out[0], "pad": p} for p in pads[1:]]
+        return list({tuple(sorted(k.items())): k for k in out}.values())
+
+    def _needs_pad(self, info: dict) -> bool:
+        return info["padded"] and not (info["kh"] == info["kw"] == 1)
+
+    def default(self, info: dict, lanes: int) -> dict:
+
+        fbs = self._fbs(info, lanes)
+        if not fbs:
+            return {"fb": 0, "xb": 0, "order": "yf", "pad": "inline"}  # apply declines
+        pad = "row" if self._needs_pad(info) else "inline"
+        if info["depthwise"]:
+            fb = next((b for b in fbs if b <= lanes), fbs[-1])
+            return {"fb": fb, "xb": min(info["w"], 4), "order": "yf", "pad": pad}
+        fb = next((b for b in fbs if b <= 2 * lanes), fbs[-1])
+        xb = next((x for x in (7, 6, 8, 4) if info["w"] % x == 0 and x * fb <= 8 * lanes), 4)
+        return {"fb": fb, "xb": min(xb, info["w"]), "order": "yf", "pad": pad}
+
+    def apply(self, func: tirx.PrimFunc, info: dict, knobs: dict) -> tirx.PrimFunc:
+        from edgec.lower import schedules as S
+
+        fb, xb = knobs["fb"], knobs["xb"]
+        if not fb or _span(info) % fb:
+            raise S.Decline(f"no channel block divides {_span(info)} output channels")
+        pack = info["weight_param"] in info.get("constants", ())
+        if pack:
+            func = func.with_attr("layout_free_buffers", [info["weight_param"]])
+        sch = s_tir.Schedule(func)
+        blocks = S._blocks(sch)
+        conv = blocks[info["anchor"]]["block"]
+        if info["anchor"] == len(blocks) - 1:  # no epilogue: accumulate in a buffer, then copy
+            out = sch.cache_write(conv, 0, "global")
+        else:
+            out = S._inline_epilogue(sch, blocks, info["anchor"])["block"]
+        n, y, x, f = sch.get_loops(out)
+        fo, fi = sch.split(f, [None, fb])
+        xo, xi = sch.split(x, [None, xb])
+        outer = [n, fo, y] if knobs["order"] == "fy" else [n, y, fo]
+        sch.reorder(*outer, xo, xi, fi)
+        sch.compute_at(conv, xo)
+        inner = S._loops_below(sch, conv, xo)
+        tiled = sum(e > 1 for e in (xb, fb))
+        cx, cf = S._tile_loops(sch, inner[:tiled], (xb, fb))
+        reduction = inner[tiled:]
+        sch.reorder(*reduction, *(lp for lp in (cx, cf) if lp is not None))
+        if cf is not None:
+            sch.vectorize(cf)
+        if cx is not None:
+            sch.unroll(cx)
+        if pack:
+            wb = sch.cache_read(conv, 1, "global")
+            sch.transform_layout(wb, ("write", 0),
+                                 lambda u, v, c, o: (o // fb, u, v, c, o % fb))  # fmt: skip
+            sch.annotate(wb, "meta_schedule.layout_rewrite_preproc", True)
+        if fb > 1:
+            sch.vectorize(fi)
+        S._parallel_outer(sch, outer)
+        if reduction:
+            sch.decompose_reduction(conv, reduction[0])
+        producers = blocks[: info["anchor"]]
+        for b in producers[:-1]:  # e.g. the model input's NCHW -> NHWC transpose
+            sch.compute_inline(b["block"])
+        if producers:
+            _schedule_pad(sch, producers[-1]["block"], out, knobs["pad"])
+        return sch.mod["main"]
+
+
+def _span(info: dict) -> int:
+    """Output channels a vector may span: a group's (the input index is then uniform)."""
+    return info["f"] if info["depthwise"] or info["og"] == info["f"] else info["og"]
+
+
+def _schedule_pad(sch: s_tir.Schedule, pad, out, where: str) -> None:
+    from edgec.lower import schedules as S
+
+    if where == "inline":
+        sch.compute_inline(pad)
+        return
+    if where == "row":  # the rows one parallel iteration reads, while they are in cache
+        sch.compute_at(pad, sch.get_loops(out)[0])
+    else:
+        S._parallel_outer(sch, sch.get_loops(pad)[:-1])
+    inner = sch.get_loops(pad)[-1]
+    extent = int(sch.get(inner).extent)
+    width = next((w for w in (16, 8) if extent % w == 0), 0)
+    if width:
+        _, vec = sch.split(inner, [None, width])
+        sch.vectorize(vec)
+
+
+TEMPLATE = Conv2dNhwc()
