@@ -160,8 +160,10 @@ class Conv2dNhwc:
 
 
 def _span(info: dict) -> int:
-    """Output channels a vector may span: a group's (the input index is then uniform)."""
-    return info["f"] if info["depthwise"] or info["og"] == info["f"] else info["og"]
+    """Output channels a vector may span: all of them when each group reads one input channel
+    (depthwise, channel multipliers) or there is one group, else a group's (the input index is
+    then the same for the whole vector)."""
+    return info["f"] if info["cin_per_group"] == 1 or info["og"] == info["f"] else info["og"]
 
 
 def _schedule_pad(sch: s_tir.Schedule, pad, out, where: str) -> None:
