@@ -182,7 +182,6 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
                                  keep_float)  # fmt: skip
     precision = "int8" if int8_options else "fp32"
     from edgec.lower import conv_algos
-
     from edgec.lower.conv_nhwc import LAYOUTS
 
     conv_algos.check_choice(conv_algo)

@@ -52,8 +52,10 @@ def compile_and_run(model, tmp_path: Path):
     inputs, outputs = frontend.signature(model)
     feeds = verify.random_inputs(inputs, 0)
     got = lower.Runtime(path, THREADS).run([feeds[s.name] for s in inputs])
-    return records, dict(zip([s.name for s in outputs], got, strict=True)), verify.run_onnxruntime(
-        model, feeds
+    return (
+        records,
+        dict(zip([s.name for s in outputs], got, strict=True)),
+        verify.run_onnxruntime(model, feeds),
     )
 
 
