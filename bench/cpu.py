@@ -1,6 +1,7 @@
 """edgec vs onnxruntime on this CPU: zoo models compiled with each search mode, same process.
 
     .venv/bin/python bench/cpu.py [--models resnet18,deit_tiny] [--search none,fast] [--threads 2]
+                                  [--layouts nchw,nhwc]
 
 Per model and search mode: compile (wall time), then time the artifact and onnxruntime
 (ORT_ENABLE_ALL, same threads, on the source model) in interleaved blocks; report p50s, the ratio
@@ -24,13 +25,13 @@ GFLOPS = {"resnet18": 3.628, "mobilenetv2": 0.602, "repvgg_a0": 3.025, "deit_tin
           "mobileone_s0": 2.10, "slab_tiny": 0.80}  # fmt: skip  # 2 x MACs of the source model
 
 
-def bench_one(name: str, search: str, workdir: Path, args) -> dict:
+def bench_one(name: str, search: str, workdir: Path, args, layout: str = "nchw") -> dict:
     source = workdir / f"{name}.onnx"
     if not source.exists():
         models.export(name, source)
-    out = workdir / f"{name}-{search}"
+    out = workdir / f"{name}-{search}-{layout}"
     t0 = time.perf_counter()
-    result = api.compile(source, out, force=True, threads=args.threads, bench=False,
+    result = api.compile(source, out, force=True, threads=args.threads, bench=False, layout=layout,
                          **({"search": search, "search_budget_s": args.budget,
                              "tuning_db": args.tuning_db or workdir / "tuning.db"}
                             if search != "none" else {}))  # fmt: skip
@@ -45,7 +46,7 @@ def bench_one(name: str, search: str, workdir: Path, args) -> dict:
     stats = latency.measure(engines, runs=args.runs, budget_s=args.budget_timing)
     e, o = stats["edgec"]["p50_ms"], stats["onnxruntime"]["p50_ms"]
     return {
-        "model": name, "search": search, "compile_s": compile_s, "edgec_ms": e,
+        "model": name, "search": search, "layout": layout, "compile_s": compile_s, "edgec_ms": e,
         "onnxruntime_ms": o, "ratio": e / o, "gflops": GFLOPS.get(name, 0) / e * 1e3,
         "noisy": stats["edgec"]["noisy"] or stats["onnxruntime"]["noisy"],
         "cosine": result.report["verification"].get("min_cosine"),
@@ -58,6 +59,7 @@ def main() -> None:
     ap.add_argument("--models", default=DEFAULT)
     ap.add_argument("--search", default="none,fast")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--layouts", default="nchw", help="edgec --layout values, comma-separated")
     ap.add_argument("--budget", type=float, default=120.0, help="search budget, seconds")
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--budget-timing", type=float, default=15.0)
@@ -71,19 +73,21 @@ def main() -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         for name in args.models.split(","):
             for search in args.search.split(","):
-                print(f"{name} --search {search} ...", file=sys.stderr)
-                rows.append(bench_one(name, search, workdir, args))
+                for layout in args.layouts.split(","):
+                    print(f"{name} --search {search} --layout {layout} ...", file=sys.stderr)
+                    rows.append(bench_one(name, search, workdir, args, layout))
     print(f"edgec vs onnxruntime 1.31 (ORT_ENABLE_ALL), {args.threads} threads, p50 of "
           "interleaved blocks\n")  # fmt: skip
     print(
-        "| model | search | compile s | edgec ms | onnxruntime ms | edgec/ORT | GFLOP/s | cosine |"
+        "| model | search | layout | compile s | edgec ms | onnxruntime ms | edgec/ORT | GFLOP/s "
+        "| cosine |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         flag = " (noisy)" if r["noisy"] else ""
-        print(f"| {r['model']} | {r['search']} | {r['compile_s']:.0f} | {r['edgec_ms']:.2f} | "
-              f"{r['onnxruntime_ms']:.2f} | {r['ratio']:.2f}x{flag} | {r['gflops']:.0f} | "
-              f"{r['cosine']:.6f} |")  # fmt: skip
+        print(f"| {r['model']} | {r['search']} | {r['layout']} | {r['compile_s']:.0f} | "
+              f"{r['edgec_ms']:.2f} | {r['onnxruntime_ms']:.2f} | {r['ratio']:.2f}x{flag} | "
+              f"{r['gflops']:.0f} | {r['cosine']:.6f} |")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2, default=str))
 

@@ -98,16 +98,17 @@ class Conv2dNhwc:
         return info["padded"] and not (info["kh"] == info["kw"] == 1)
 
     def default(self, info: dict, lanes: int) -> dict:
-
+        # one vector of output channels (two were slower: register pressure), 7-8 columns
         fbs = self._fbs(info, lanes)
         if not fbs:
             return {"fb": 0, "xb": 0, "order": "yf", "pad": "inline"}  # apply declines
-        pad = "row" if self._needs_pad(info) else "inline"
+        fb = next((b for b in fbs if b <= lanes), fbs[-1])
+        xb = next((x for x in (8, 7, 14, 6, 4) if info["w"] % x == 0), 8)
+        pad = "inline"
+        if self._needs_pad(info) and (info["w"] >= 56 or not info["depthwise"]):
+            pad = "row"  # big maps; small depthwise ones were faster with the pad inlined
         if info["depthwise"]:
-            fb = next((b for b in fbs if b <= lanes), fbs[-1])
-            return {"fb": fb, "xb": min(info["w"], 4), "order": "yf", "pad": pad}
-        fb = next((b for b in fbs if b <= 2 * lanes), fbs[-1])
-        xb = next((x for x in (7, 6, 8, 4) if info["w"] % x == 0 and x * fb <= 8 * lanes), 4)
+            xb = next((x for x in (7, 8, 4) if info["w"] % x == 0), 4)
         return {"fb": fb, "xb": min(xb, info["w"]), "order": "yf", "pad": pad}
 
     def apply(self, func: tirx.PrimFunc, info: dict, knobs: dict) -> tirx.PrimFunc:
