@@ -25,7 +25,7 @@ GFLOPS = {"resnet18": 3.628, "mobilenetv2": 0.602, "repvgg_a0": 3.025, "deit_tin
           "mobileone_s0": 2.10, "slab_tiny": 0.80}  # fmt: skip  # 2 x MACs of the source model
 
 
-def bench_one(name: str, search: str, workdir: Path, args, layout: str = "nchw") -> dict:
+def bench_one(name: str, search: str, workdir: Path, args, layout: str = "auto") -> dict:
     source = workdir / f"{name}.onnx"
     if not source.exists():
         models.export(name, source)
@@ -59,7 +59,7 @@ def main() -> None:
     ap.add_argument("--models", default=DEFAULT)
     ap.add_argument("--search", default="none,fast")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--layouts", default="nchw", help="edgec --layout values, comma-separated")
+    ap.add_argument("--layouts", default="auto", help="edgec --layout values, comma-separated")
     ap.add_argument("--budget", type=float, default=120.0, help="search budget, seconds")
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--budget-timing", type=float, default=15.0)

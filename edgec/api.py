@@ -119,7 +119,7 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
     ndk: str | os.PathLike | None = None,
     bundle: bool = True,
     conv_algo: str = "auto",
-    layout: str = "nchw",
+    layout: str = "auto",
     integer_only: bool = False,
     int8: bool = False,
     calib: str | os.PathLike | None = None,
@@ -143,7 +143,8 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
     applies, or with ``auto`` lets the search choose per conv layer (without a search: Winograd
     for big 3x3 stride-1 convs, else direct; ``conv_algos.heuristic``).
     ``layout`` (``conv_nhwc.LAYOUTS``) is the activation layout of float convolutions: ``nchw``
-    (ONNX's) or ``nhwc`` (``edgec.lower.conv_nhwc``); int8 models stay NCHW.
+    (ONNX's), ``nhwc`` (``edgec.lower.conv_nhwc``) or ``auto`` (``nhwc`` for models with
+    depthwise convs, ``conv_nhwc.resolve``); int8 models stay NCHW.
 
     ``gates`` (``edgec.report.gates.Gates``) are evaluated into ``report["gates"]``; a violated
     gate does not stop the compile (the artifact is written): the caller decides (the CLI exits 1).
@@ -181,12 +182,13 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
     int8_options = _int8_options(int8, calib, calib_samples, calib_method, calib_preprocess, dfq,
                                  keep_float)  # fmt: skip
     precision = "int8" if int8_options else "fp32"
-    from edgec.lower import conv_algos
-    from edgec.lower.conv_nhwc import LAYOUTS
+    from edgec.lower import conv_algos, conv_nhwc
 
     conv_algos.check_choice(conv_algo)
-    if layout not in LAYOUTS:
-        raise InvalidInputError(f"unknown layout {layout!r}: use one of {', '.join(LAYOUTS)}")
+    if layout not in conv_nhwc.LAYOUTS:
+        raise InvalidInputError(
+            f"unknown layout {layout!r}: use one of {', '.join(conv_nhwc.LAYOUTS)}"
+        )
     remote = None
     if rpc or tracker:
         if search == "none":
@@ -225,6 +227,7 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
             )  # fmt: skip
             optimized = quantized.model
     to_build, ivit_report = _ivit(optimized, seed, step)
+    layout = "nchw" if int8_options else conv_nhwc.resolve(layout, to_build)
     floor = ivit_report["min_cosine_required"] if ivit_report else None  # lowering check
     with step("build", f"build for {tgt.name}" + (f" (search {search})" if tuner else "")):
         plans: list = []
@@ -289,7 +292,7 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
             "kernels": kernels,
             "search": search_report,
             "conv_algos": plans[0].summary() if plans else {"conv_algo": conv_algo},
-            "layout": "nchw" if lowered or int8_options else layout,
+            "layout": "nchw" if lowered else layout,
         }
         if quantized is not None:
             keys = ("format", "activations", "weights", "kept_float")

@@ -229,11 +229,12 @@ def _int8_options(f):
 )
 @click.option(
     "--layout",
-    type=click.Choice(["nchw", "nhwc"]),
-    default="nchw",
+    type=click.Choice(["auto", "nchw", "nhwc"]),
+    default="auto",
     show_default=True,
-    help="Activation layout of float convolutions: nchw (ONNX's) or nhwc (channels innermost: "
-    "vectorized over output channels, depthwise convs included). int8 models stay nchw.",
+    help="Activation layout of float convolutions: nchw (ONNX's), nhwc (channels innermost, "
+    "vectorized over output channels) or auto = nhwc for models with depthwise convs (faster "
+    "there), else nchw. int8 models stay nchw.",
 )
 @_int8_options
 @click.option(

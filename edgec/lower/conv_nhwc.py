@@ -28,7 +28,22 @@ from tvm import s_tir, tirx
 BLOCKS = ("conv2d_nhwc", "group_conv2d_nhwc")
 
 
-LAYOUTS = ("nchw", "nhwc")
+LAYOUTS = ("auto", "nchw", "nhwc")
+
+
+def resolve(layout: str, model) -> str:
+    """``auto``: ``nhwc`` for a model with depthwise convs (MobileNets: measured 2x+ faster),
+    else ``nchw`` (dense 3x3 convs are faster in NCHW, Winograd included: ResNet-18 was ~2x
+    slower in NHWC; docs/BENCHMARKS.md)."""
+    if layout != "auto":
+        return layout
+    shapes = {t.name: list(t.dims) for t in model.graph.initializer}
+    for node in model.graph.node:
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        weight = shapes.get(node.input[1]) if node.op_type == "Conv" else None
+        if group > 1 and weight and len(weight) == 4 and weight[1] == 1:
+            return "nhwc"
+    return "nchw"
 
 
 def convert(mod):

@@ -160,17 +160,26 @@ def test_clip_nan_bound_is_no_bound(tmp_path: Path):
     assert_close(actual, expected)
 
 
-def test_cli_compile_layout_nhwc(cli, tmp_path: Path):
+def test_auto_layout_is_nhwc_only_with_depthwise_convs():
+    assert conv_nhwc.resolve("auto", _relu6_chain()) == "nhwc"
+    dense = Conv(16, 32, groups=2, epilogue="relu").model()
+    assert conv_nhwc.resolve("auto", dense) == "nchw"
+    assert conv_nhwc.resolve("nhwc", dense) == "nhwc"
+
+
+def test_cli_compile_layout(cli, tmp_path: Path):
+    """--layout auto (the default) picks nhwc for the depthwise block; --layout nchw keeps it."""
     model = tmp_path / "block.onnx"
     model.write_bytes(_relu6_chain().SerializeToString())
     out = tmp_path / "out"
-    result = cli("-q", "compile", model, "-o", out, "--layout", "nhwc", "--threads", "2",
-                 "--no-bench", "--no-bundle", "--no-html")  # fmt: skip
-    assert result.code == 0, result.err
-    report = json.loads((out / "report.json").read_text())
-    assert report["layout"] == "nhwc"
-    templates = Counter(k["template"] for k in report["kernels"] if "conv2d" in k["kernel"])
-    assert templates == {"conv2d_nhwc": 3}
-    assert report["verification"]["passed"]
+    for layout, template in (("auto", "conv2d_nhwc"), ("nchw", "conv2d")):
+        result = cli("-q", "compile", model, "-o", out, "--force", "--layout", layout,
+                     "--threads", "2", "--no-bench", "--no-bundle", "--no-html")  # fmt: skip
+        assert result.code == 0, result.err
+        report = json.loads((out / "report.json").read_text())
+        assert report["layout"] == ("nhwc" if layout == "auto" else layout)
+        templates = Counter(k["template"] for k in report["kernels"] if "conv2d" in k["kernel"])
+        assert templates == {template: 3}
+        assert report["verification"]["passed"]
     result = cli("-q", "compile", model, "-o", out, "--force", "--layout", "nhcw")
     assert result.code == 2
