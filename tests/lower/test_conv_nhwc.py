@@ -183,3 +183,17 @@ def test_cli_compile_layout(cli, tmp_path: Path):
         assert report["verification"]["passed"]
     result = cli("-q", "compile", model, "-o", out, "--force", "--layout", "nhcw")
     assert result.code == 2
+
+
+def test_int8_models_stay_nchw(cli, tmp_path: Path):
+    """--int8 keeps the NCHW lowering (the integer conv templates), even under --layout nhwc."""
+    model = tmp_path / "block.onnx"
+    model.write_bytes(_relu6_chain().SerializeToString())
+    out = tmp_path / "out"
+    result = cli("-q", "compile", model, "-o", out, "--layout", "nhwc", "--int8",
+                 "--calib", "synthetic", "--threads", "2", "--no-bench", "--no-bundle",
+                 "--no-html")  # fmt: skip
+    assert result.code == 0, result.err
+    report = json.loads((out / "report.json").read_text())
+    assert report["layout"] == "nchw"
+    assert not [k for k in report["kernels"] if k["template"] == "conv2d_nhwc"]
