@@ -1,4 +1,6 @@
-"""NHWC convolution template: the convs of a model lowered with ``layout="nhwc"``.
+"""The NHWC layout (``lower.build(layout="nhwc")``): ``convert`` puts a Relax module's convs in
+NHWC before fusion, ``resolve`` picks the layout for ``auto``, and the ``conv2d_nhwc`` template
+schedules the resulting kernels.
 
 TVM legalizes an NHWC conv (``conv2d_nhwc`` / ``group_conv2d_nhwc`` block, weight
 ``[KH, KW, C/g, F]``) into a PrimFunc of the usual shape: padding, the conv, an injective epilogue
@@ -26,15 +28,13 @@ from tvm import s_tir, tirx
 # (edgec.lower.schedules is imported in the functions: it imports this module for TEMPLATES)
 
 BLOCKS = ("conv2d_nhwc", "group_conv2d_nhwc")
-
-
 LAYOUTS = ("auto", "nchw", "nhwc")
 
 
 def resolve(layout: str, model) -> str:
-    """``auto``: ``nhwc`` for a model with depthwise convs (MobileNets: measured 2x+ faster),
-    else ``nchw`` (dense 3x3 convs are faster in NCHW, Winograd included: ResNet-18 was ~2x
-    slower in NHWC; docs/BENCHMARKS.md)."""
+    """The layout for ``model`` (ONNX): ``auto`` is ``nhwc`` for a model with depthwise convs
+    (MobileNetV2 ~2x faster than in NCHW), else ``nchw`` (NCHW keeps Winograd for dense 3x3
+    convs: ResNet-18 was 1.4x slower in NHWC; docs/BENCHMARKS.md)."""
     if layout != "auto":
         return layout
     shapes = {t.name: list(t.dims) for t in model.graph.initializer}
@@ -95,7 +95,6 @@ class Conv2dNhwc:
         return S._divisors(_span(info), (2 * lanes, lanes, lanes // 2, 4))
 
     def space(self, info: dict, lanes: int) -> list[dict]:
-
         fbs = self._fbs(info, lanes)
         out = [self.default(info, lanes)]
         xbs = (2, 4, 7, 8) if info["depthwise"] else (4, 6, 7, 8, 14)
@@ -113,7 +112,7 @@ class Conv2dNhwc:
         return info["padded"] and not (info["kh"] == info["kw"] == 1)
 
     def default(self, info: dict, lanes: int) -> dict:
-        # one vector of output channels (two were slower: register pressure), 7-8 columns
+        # one vector of output channels and 7-8 columns: the fastest on most MobileNetV2 layers
         fbs = self._fbs(info, lanes)
         if not fbs:
             return {"fb": 0, "xb": 0, "order": "yf", "pad": "inline"}  # apply declines
