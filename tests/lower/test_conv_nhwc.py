@@ -197,3 +197,16 @@ def test_int8_models_stay_nchw(cli, tmp_path: Path):
     report = json.loads((out / "report.json").read_text())
     assert report["layout"] == "nchw"
     assert not [k for k in report["kernels"] if k["template"] == "conv2d_nhwc"]
+
+
+def test_convert_keeps_nchw_when_tvm_cannot_relayout(monkeypatch):
+    from tvm import relax
+
+    def broken(_layouts):
+        raise RuntimeError("ConvertLayout: no layout inference for some.op")
+
+    mod = lower.to_relax(_relu6_chain())
+    monkeypatch.setattr(relax.transform, "ConvertLayout", broken)
+    with pytest.warns(UserWarning, match="NHWC layout not applied: ConvertLayout"):
+        kept = conv_nhwc.convert(mod)
+    assert kept is mod
