@@ -31,6 +31,9 @@ from tvm import s_tir, tirx
 
 BLOCKS = ("conv2d_nhwc", "group_conv2d_nhwc")
 LAYOUTS = ("auto", "nchw", "nhwc")
+# ConvertLayout's targets: convs in NHWC; transposed convs stay NCHW (TVM 0.27 cannot lower an
+# NHWC conv2d_transpose: PP-OCRv4 det failed in VM codegen)
+DESIRED = {"relax.nn.conv2d": ["NHWC", "HWIO"], "relax.nn.conv2d_transpose": ["NCHW", "IOHW"]}
 
 
 def resolve(layout: str, model) -> str:
@@ -40,6 +43,9 @@ def resolve(layout: str, model) -> str:
     if layout != "auto":
         return layout
     shapes = {t.name: list(t.dims) for t in model.graph.initializer}
+    for node in model.graph.node:  # weights may also be Constant nodes
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].HasField("t"):
+            shapes[node.output[0]] = list(node.attribute[0].t.dims)
     for node in model.graph.node:
         group = next((a.i for a in node.attribute if a.name == "group"), 1)
         weight = shapes.get(node.input[1]) if node.op_type == "Conv" else None
@@ -56,11 +62,36 @@ def convert(mod):
 
     try:
         converted = relax.transform.FoldConstant()(mod)
-        converted = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]})(converted)
-        return relax.transform.FoldConstant()(converted)
+        converted = relax.transform.ConvertLayout(DESIRED)(converted)
+        converted = relax.transform.FoldConstant()(converted)
     except (RuntimeError, ValueError, TypeError) as e:  # an op TVM cannot re-lay-out: keep NCHW
         warnings.warn(f"NHWC layout not applied: {str(e).strip()[:200]}", stacklevel=2)
         return mod
+    stuck = _unlegalized(converted) - _unlegalized(mod)
+    if stuck:  # an op ConvertLayout moved to a layout its lowering does not support
+        warnings.warn(f"NHWC layout not applied: {', '.join(sorted(stuck))} in NHWC cannot be "
+                      "lowered", stacklevel=2)  # fmt: skip
+        return mod
+    return converted
+
+
+def _unlegalized(mod) -> set[str]:
+    """Relax ops that ``LegalizeOps`` leaves in ``mod`` (lowered by nothing later)."""
+    import tvm
+    from tvm import relax
+
+    left: set[str] = set()
+
+    def visit(expr) -> None:
+        if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op):
+            name = expr.op.name
+            if name.startswith(("relax.nn.", "relax.image.")):
+                left.add(name)
+
+    for func in relax.transform.LegalizeOps()(mod).functions.values():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+    return left
 
 
 class Conv2dNhwc:
