@@ -212,9 +212,7 @@ def test_convert_keeps_nchw_when_tvm_cannot_relayout(monkeypatch):
     assert kept is mod
 
 
-def test_conv_transpose_stays_nchw_between_nhwc_convs(tmp_path: Path, recwarn):
-    """TVM cannot lower an NHWC conv2d_transpose (PP-OCR's detector has them): it stays NCHW,
-    the convs around it are NHWC."""
+def _upsampling():
     rng = np.random.default_rng(1)
     text = f"""{OPSET}
     up (float[1,8,6,6] x) => (float[1,8,12,12] y) {{
@@ -222,11 +220,25 @@ def test_conv_transpose_stays_nchw_between_nhwc_convs(tmp_path: Path, recwarn):
         u = ConvTranspose <kernel_shape = [2, 2], strides = [2, 2]> (a, w2)
         y = Conv <kernel_shape = [1, 1]> (u, w3)
     }}"""
-    model = make_model(text, w1=rng.standard_normal((8, 1, 3, 3)).astype(np.float32),
+    return make_model(text, w1=rng.standard_normal((8, 1, 3, 3)).astype(np.float32),
                        w2=rng.standard_normal((8, 8, 2, 2)).astype(np.float32),
                        w3=rng.standard_normal((8, 8, 1, 1)).astype(np.float32))  # fmt: skip
+
+
+def test_conv_transpose_stays_nchw_between_nhwc_convs(tmp_path: Path, recwarn):
+    """TVM cannot lower an NHWC conv2d_transpose (PP-OCR's detector has them): it stays NCHW,
+    the convs around it are NHWC."""
+    model = _upsampling()
     records, actual, expected = compile_and_run(model, tmp_path)
     assert_close(actual, expected)
     assert not [w for w in recwarn if "NHWC layout not applied" in str(w.message)]
     convs = [r for r in records if "conv2d" in r["kernel"] and "transpose" not in r["kernel"]]
     assert [r["template"] for r in convs] == ["conv2d_nhwc", "conv2d_nhwc"], _describe(records)
+
+
+def test_an_op_left_unlowerable_keeps_the_model_nchw(monkeypatch):
+    monkeypatch.setattr(conv_nhwc, "DESIRED", {"relax.nn.conv2d": ["NHWC", "HWIO"]})
+    mod = lower.to_relax(_upsampling())
+    with pytest.warns(UserWarning, match="relax.nn.conv2d_transpose in NHWC cannot be lowered"):
+        kept = conv_nhwc.convert(mod)
+    assert kept is mod
