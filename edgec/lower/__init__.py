@@ -164,7 +164,7 @@ def to_relax(model: onnx.ModelProto):
 
         converters = ivit.converters()
     try:
-        with warnings.catch_warnings(), importer.converters(), converters:
+        with warnings.catch_warnings(), importer.converters(model), converters:
             warnings.simplefilter("ignore")
             return from_onnx(model, keep_params_in_input=False)
     except (

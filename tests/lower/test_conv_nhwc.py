@@ -150,6 +150,22 @@ def test_clip_imports_as_relax_ops_and_the_layout_propagates():
     assert converted["relax.permute_dims"] == 2  # the model's input and output only
 
 
+def test_qdq_models_keep_tvms_clip():
+    """edgec.lower.qdq folds Clip into the integer kernels by TVM's form (call_tir maximum /
+    minimum): a model with quantize/dequantize ops is imported with it."""
+    text = f"""{OPSET}
+    qclip (float[1,4,3,3] x) => (float[1,4,3,3] y) {{
+        q = QuantizeLinear (x, s, z)
+        d = DequantizeLinear (q, s, z)
+        c = Clip (d, lo, hi)
+        y = Relu (c)
+    }}"""
+    model = make_model(text, s=np.array(0.05, np.float32), z=np.array(128, np.uint8),
+                       lo=np.array(0.0, np.float32), hi=np.array(6.0, np.float32))  # fmt: skip
+    ops = _relax_ops(lower.to_relax(model))
+    assert ops["relax.call_tir"] == 2 and ops["relax.maximum"] == ops["relax.minimum"] == 0
+
+
 def test_clip_nan_bound_is_no_bound(tmp_path: Path):
     text = f"""{OPSET}
     clip (float[2,5] x) => (float[2,5] y) {{
