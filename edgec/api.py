@@ -144,7 +144,7 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
     for big 3x3 stride-1 convs, else direct; ``conv_algos.heuristic``).
     ``layout`` (``conv_nhwc.LAYOUTS``) is the activation layout of float convolutions: ``nchw``
     (ONNX's), ``nhwc`` (``edgec.lower.conv_nhwc``) or ``auto`` (``nhwc`` for models with
-    depthwise convs, ``conv_nhwc.resolve``); int8 models stay NCHW.
+    depthwise convs, ``conv_nhwc.resolve``); int8 models and GPU targets stay NCHW.
 
     ``gates`` (``edgec.report.gates.Gates``) are evaluated into ``report["gates"]``; a violated
     gate does not stop the compile (the artifact is written): the caller decides (the CLI exits 1).
@@ -227,7 +227,8 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
             )  # fmt: skip
             optimized = quantized.model
     to_build, ivit_report = _ivit(optimized, seed, step)
-    layout = "nchw" if int8_options else conv_nhwc.resolve(layout, to_build)
+    cpu_float = tgt.device == "cpu" and not int8_options  # (GPU builds ignore the layout)
+    layout = conv_nhwc.resolve(layout, to_build) if cpu_float else "nchw"
     floor = ivit_report["min_cosine_required"] if ivit_report else None  # lowering check
     with step("build", f"build for {tgt.name}" + (f" (search {search})" if tuner else "")):
         plans: list = []
