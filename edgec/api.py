@@ -119,6 +119,7 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
     ndk: str | os.PathLike | None = None,
     bundle: bool = True,
     conv_algo: str = "auto",
+    layout: str = "auto",
     integer_only: bool = False,
     int8: bool = False,
     calib: str | os.PathLike | None = None,
@@ -141,6 +142,9 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
     ``conv_algo`` forces a convolution algorithm (direct, im2col, im2win, winograd) where it
     applies, or with ``auto`` lets the search choose per conv layer (without a search: Winograd
     for big 3x3 stride-1 convs, else direct; ``conv_algos.heuristic``).
+    ``layout`` (``conv_nhwc.LAYOUTS``) is the activation layout of float convolutions: ``nchw``
+    (ONNX's), ``nhwc`` (``edgec.lower.conv_nhwc``) or ``auto`` (``nhwc`` for models with
+    depthwise convs, ``conv_nhwc.resolve``); int8 models and GPU targets stay NCHW.
 
     ``gates`` (``edgec.report.gates.Gates``) are evaluated into ``report["gates"]``; a violated
     gate does not stop the compile (the artifact is written): the caller decides (the CLI exits 1).
@@ -178,9 +182,13 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
     int8_options = _int8_options(int8, calib, calib_samples, calib_method, calib_preprocess, dfq,
                                  keep_float)  # fmt: skip
     precision = "int8" if int8_options else "fp32"
-    from edgec.lower import conv_algos
+    from edgec.lower import conv_algos, conv_nhwc
 
     conv_algos.check_choice(conv_algo)
+    if layout not in conv_nhwc.LAYOUTS:
+        raise InvalidInputError(
+            f"unknown layout {layout!r}: use one of {', '.join(conv_nhwc.LAYOUTS)}"
+        )
     remote = None
     if rpc or tracker:
         if search == "none":
@@ -219,6 +227,8 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
             )  # fmt: skip
             optimized = quantized.model
     to_build, ivit_report = _ivit(optimized, seed, step)
+    cpu_float = tgt.device == "cpu" and not int8_options  # (GPU builds ignore the layout)
+    layout = conv_nhwc.resolve(layout, to_build) if cpu_float else "nchw"
     floor = ivit_report["min_cosine_required"] if ivit_report else None  # lowering check
     with step("build", f"build for {tgt.name}" + (f" (search {search})" if tuner else "")):
         plans: list = []
@@ -226,7 +236,7 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
         try:
             executable, kernels = lower.build(
                 to_build, tgt, threads, tune=tuner, conv_algo=conv_algo, conv_plan=plans,
-                integer_only=integer_only, quant=lowered,
+                integer_only=integer_only, quant=lowered, layout=layout,
             )  # fmt: skip
         finally:
             if remote is not None:
@@ -283,6 +293,7 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
             "kernels": kernels,
             "search": search_report,
             "conv_algos": plans[0].summary() if plans else {"conv_algo": conv_algo},
+            "layout": "nchw" if lowered else layout,
         }
         if quantized is not None:
             keys = ("format", "activations", "weights", "kept_float")

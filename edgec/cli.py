@@ -227,6 +227,15 @@ def _int8_options(f):
     "chosen per conv layer by the search's measured latency (with --search none: Winograd for "
     "3x3 stride-1 convs of >= 64 channels on >= 14x14 outputs, else direct).",
 )
+@click.option(
+    "--layout",
+    type=click.Choice(["auto", "nchw", "nhwc"]),
+    default="auto",
+    show_default=True,
+    help="Activation layout of float convolutions: nchw (ONNX's), nhwc (channels innermost, "
+    "vectorized over output channels) or auto = nhwc for models with depthwise convs (faster "
+    "there), else nchw. int8 models stay nchw.",
+)
 @_int8_options
 @click.option(
     "--integer-only",
@@ -255,8 +264,8 @@ def _int8_options(f):
 @click.pass_obj
 def compile(obj: _Context, model, output, target, input_shapes, force, skip_pass, only_pass,
             no_verify, verify_input, tolerance, threads, no_bench, bench_runs, bench_budget,
-            seed, search, budget, tuning_db, conv_algo, integer_only, ndk, no_bundle, rpc,
-            tracker, key, no_html, as_json, **options) -> None:  # fmt: skip
+            seed, search, budget, tuning_db, conv_algo, layout, integer_only, ndk, no_bundle,
+            rpc, tracker, key, no_html, as_json, **options) -> None:  # fmt: skip
     """Compile MODEL.onnx into a deployable artifact directory OUT/.
 
     With --search fast|full, each kernel's schedule is chosen by timing its candidates on this
@@ -280,7 +289,8 @@ def compile(obj: _Context, model, output, target, input_shapes, force, skip_pass
                 verify_inputs=_load_inputs(verify_input) or None, tolerance=tolerance,
                 threads=threads, bench=not no_bench, bench_runs=bench_runs,
                 bench_budget_s=bench_budget, seed=seed, search=search, search_budget_s=budget,
-                tuning_db=tuning_db, conv_algo=conv_algo, integer_only=integer_only, ndk=ndk,
+                tuning_db=tuning_db, conv_algo=conv_algo, layout=layout,
+                integer_only=integer_only, ndk=ndk,
                 bundle=not no_bundle, rpc=rpc, tracker=tracker, key=key, gates=gates,
                 html_report=not no_html, log=obj.log, **int8,
             )  # fmt: skip

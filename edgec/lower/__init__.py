@@ -164,7 +164,7 @@ def to_relax(model: onnx.ModelProto):
 
         converters = ivit.converters()
     try:
-        with warnings.catch_warnings(), importer.converters(), converters:
+        with warnings.catch_warnings(), importer.converters(model), converters:
             warnings.simplefilter("ignore")
             return from_onnx(model, keep_params_in_input=False)
     except (
@@ -204,6 +204,7 @@ def build(
     conv_plan: list | None = None,
     integer_only: bool = False,
     quant: dict | None = None,
+    layout: str = "nchw",
 ):
     """Compile to a Relax executable for ``target``; returns it and one record per kernel.
 
@@ -219,6 +220,9 @@ def build(
     ``conv_algo`` (``conv_algos.CHOICES``) forces a convolution algorithm on every conv layer it
     applies to, or (``auto``, with ``tune``) lets the search choose per layer; the plan (a
     ``conv_algos.Plan``) is appended to ``conv_plan`` when given, for the report.
+
+    ``layout="nhwc"`` converts the convolutions of a float model (and the ops between them) to
+    NHWC before fusion (``conv_nhwc.convert``; QDQ models stay NCHW).
     """
     tvm = _tvm()
     from tvm import relax
@@ -229,6 +233,7 @@ def build(
 
     with qdq.onnx_node_names() as names:
         mod = to_relax(model)
+    nhwc = layout == "nhwc" and not qdq.has_qdq(mod)
     signed = int8_arm.has_sdot(target_json(target, threads))  # int8 activations for sdot
     mod = qdq.lower(mod, integer_only, quant, names, signed_conv=signed)
     tgt = tvm.target.Target(target_json(target, threads))
@@ -240,6 +245,10 @@ def build(
     with tgt:
         mod = transform.DecomposeOpsForInference()(mod)
         mod = transform.CanonicalizeBindings()(mod)
+        if nhwc:
+            from edgec.lower import conv_nhwc
+
+            mod = conv_nhwc.convert(mod)
         if schedule:
             mod = transform.FastMathTransform()(mod)
         plan = None

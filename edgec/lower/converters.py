@@ -177,7 +177,39 @@ ReduceMax = _with_infinite_identity(tvm_onnx.ReduceMax, -1.0)
 ReduceMin = _with_infinite_identity(tvm_onnx.ReduceMin, 1.0)
 
 
+class Clip(tvm_onnx.Clip):
+    """Clip as Relax ``maximum``/``minimum`` ops (TVM's converter emits opaque TE calls that
+    ``ConvertLayout`` cannot see through, so an NHWC layout stopped at every ReLU6). A NaN bound
+    is no bound, as in onnxruntime."""
+
+    @classmethod
+    def _impl_v1(cls, bb, inputs, attr, params):
+        dtype = inputs[0].ty.dtype
+        bounds = [relax.const(attr[k], dtype) if k in attr else None for k in ("min", "max")]
+        return cls._clip(bb, inputs[0], *bounds)
+
+    @classmethod
+    def _impl_v13(cls, bb, inputs, attr, params):
+        inputs = list(inputs) + [None] * (3 - len(inputs))
+        return cls._clip(bb, *inputs[:3])
+
+    @classmethod
+    def _clip(cls, bb, x, lo, hi):
+        for bound, op, fill in ((lo, relax.op.maximum, -np.inf), (hi, relax.op.minimum, np.inf)):
+            if bound is None:
+                continue
+            if isinstance(bound, tvm.ir.expr.Constant):
+                value = bound.value.numpy()
+                if value.dtype.kind == "f" and np.isnan(value).any():
+                    bound = relax.const(np.where(np.isnan(value), fill, value), str(value.dtype))
+            else:
+                bound = cls._sanitize_nan_clip_bound(bb, bound, for_min=op is relax.op.maximum)
+            x = bb.normalize(op(x, bound))
+        return x
+
+
 CONVERTERS: dict[str, type] = {
+    "Clip": Clip,
     "ReduceMax": ReduceMax,
     "ReduceMin": ReduceMin,
     "Resize": Resize,

@@ -51,7 +51,7 @@ _BAD_TYPES = {
 }  # fmt: skip
 
 # ops with an edgec converter (edgec.lower.converters.CONVERTERS), replacing TVM's
-CONVERTED = ("Resize", "Upsample", "NonMaxSuppression", "ReduceMax", "ReduceMin")
+CONVERTED = ("Resize", "Upsample", "NonMaxSuppression", "ReduceMax", "ReduceMin", "Clip")
 
 
 def declined(node: onnx.NodeProto, types: dict[str, int], consts: dict | None = None) -> str | None:
@@ -150,15 +150,25 @@ def unsupported_types(model: onnx.ModelProto) -> list[dict]:
     ]  # fmt: skip
 
 
+# ops whose TVM form edgec.lower.qdq pattern-matches in QDQ models (Clip: call_tir maximum /
+# minimum): edgec's converter only for models without quantize/dequantize ops
+TVM_FORM_FOR_QDQ = ("Clip",)
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")
+
+
 @contextlib.contextmanager
-def converters() -> Iterator[None]:
+def converters(model: onnx.ModelProto | None = None) -> Iterator[None]:
     """TVM's importer with edgec's converters in (TVM looks its convert map up per node)."""
     from tvm.relax.frontend.onnx import onnx_frontend
 
     from edgec.lower.converters import CONVERTERS
 
+    mine = dict(CONVERTERS)
+    if model is not None and any(n.op_type in QDQ_OPS for n in model.graph.node):
+        for op in TVM_FORM_FOR_QDQ:
+            mine.pop(op, None)
     original = onnx_frontend._get_convert_map
-    onnx_frontend._get_convert_map = lambda: {**original(), **CONVERTERS}
+    onnx_frontend._get_convert_map = lambda: {**original(), **mine}
     try:
         yield
     finally:

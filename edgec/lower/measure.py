@@ -143,9 +143,12 @@ def versions() -> dict[str, str]:
     """edgec and TVM versions for the cache key. ``schedules`` is a hash of the template source,
     so timings recorded by other template code are not reused (stale while developing)."""
     from edgec import __version__
-    from edgec.lower import conv_algos, im2col, im2win, int8, norms, schedules, winograd
+    from edgec.lower import (
+        conv_algos, conv_nhwc, im2col, im2win, int8, int8_arm, ivit, norms, schedules, winograd,
+    )  # fmt: skip
 
-    modules = (schedules, int8, conv_algos, im2col, im2win, winograd, norms)
+    modules = (schedules, int8, int8_arm, ivit, conv_algos, conv_nhwc, im2col, im2win, winograd,
+               norms)  # fmt: skip
     source = b"".join(Path(m.__file__).read_bytes() for m in modules)
     return {
         "edgec": f"{__version__}+schedules.{hashlib.sha256(source).hexdigest()[:12]}",

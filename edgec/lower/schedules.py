@@ -409,10 +409,12 @@ def _templates() -> tuple:
     # Then the convolution algorithms other than direct (edgec.lower.conv_algos), matched by
     # block name: Conv2d would also match an im2win/im2col reduction.
     # The I-ViT kernels (opaque, hand-written: their template regenerates them) come first.
-    from edgec.lower import im2col, im2win, int8_arm, ivit, norms, winograd
+    # NHWC convs (layout="nhwc") match by block name, before Conv2d (NCHW) would take them.
+    from edgec.lower import conv_nhwc, im2col, im2win, int8_arm, ivit, norms, winograd
 
     return (ivit.TEMPLATE, *int8.TEMPLATES, *int8_arm.TEMPLATES, im2win.TEMPLATE,
-            im2col.TEMPLATE, winograd.TEMPLATE, Conv2d(), Matmul(), *norms.TEMPLATES,
+            im2col.TEMPLATE, winograd.TEMPLATE, conv_nhwc.TEMPLATE, Conv2d(), Matmul(),
+            *norms.TEMPLATES,
             Generic())  # fmt: skip
 
 
