@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import importlib
 import json
 import platform
 from pathlib import Path
@@ -143,12 +144,12 @@ def versions() -> dict[str, str]:
     """edgec and TVM versions for the cache key. ``schedules`` is a hash of the template source,
     so timings recorded by other template code are not reused (stale while developing)."""
     from edgec import __version__
-    from edgec.lower import (
-        conv_algos, conv_nhwc, im2col, im2win, int8, int8_arm, ivit, norms, schedules, winograd,
-    )  # fmt: skip
+    from edgec.lower import schedules
 
-    modules = (schedules, int8, int8_arm, ivit, conv_algos, conv_nhwc, im2col, im2win, winograd,
-               norms)  # fmt: skip
+    # every module with a template or a lowering the templates see
+    names = ("conv_algos", "conv_nhwc", "im2col", "im2win", "int8", "int8_arm", "ivit", "norms",
+             "winograd")  # fmt: skip
+    modules = (schedules, *(importlib.import_module(f"edgec.lower.{n}") for n in names))
     source = b"".join(Path(m.__file__).read_bytes() for m in modules)
     return {
         "edgec": f"{__version__}+schedules.{hashlib.sha256(source).hexdigest()[:12]}",
