@@ -233,10 +233,11 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
     with step("build", f"build for {tgt.name}" + (f" (search {search})" if tuner else "")):
         plans: list = []
         lowered: dict = {}  # what the integer lowering did (edgec.lower.qdq)
+        applied: dict = {"layout": "nchw"}  # the layout the build applied
         try:
             executable, kernels = lower.build(
                 to_build, tgt, threads, tune=tuner, conv_algo=conv_algo, conv_plan=plans,
-                integer_only=integer_only, quant=lowered, layout=layout,
+                integer_only=integer_only, quant=lowered, layout=layout, layout_report=applied,
             )  # fmt: skip
         finally:
             if remote is not None:
@@ -293,7 +294,7 @@ def compile(  # noqa: A001 - the verb users expect: edgec.compile
             "kernels": kernels,
             "search": search_report,
             "conv_algos": plans[0].summary() if plans else {"conv_algo": conv_algo},
-            "layout": "nchw" if lowered else layout,
+            **applied,
         }
         if quantized is not None:
             keys = ("format", "activations", "weights", "kept_float")

@@ -205,6 +205,7 @@ def build(
     integer_only: bool = False,
     quant: dict | None = None,
     layout: str = "nchw",
+    layout_report: dict | None = None,
 ):
     """Compile to a Relax executable for ``target``; returns it and one record per kernel.
 
@@ -222,7 +223,8 @@ def build(
     ``conv_algos.Plan``) is appended to ``conv_plan`` when given, for the report.
 
     ``layout="nhwc"`` converts the convolutions of a float model (and the ops between them) to
-    NHWC before fusion (``conv_nhwc.convert``; QDQ models stay NCHW).
+    NHWC before fusion (``conv_nhwc.convert``; QDQ models stay NCHW); ``layout_report`` (a dict)
+    receives the layout applied and, when the conversion fell back to NCHW, why.
     """
     tvm = _tvm()
     from tvm import relax
@@ -248,7 +250,16 @@ def build(
         if nhwc:
             from edgec.lower import conv_nhwc
 
-            mod = conv_nhwc.convert(mod)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                converted = conv_nhwc.convert(mod)
+            for w in caught:  # (recorded for the report, shown all the same)
+                warnings.warn(w.message, w.category, stacklevel=2)
+            if layout_report is not None:
+                layout_report["layout"] = "nchw" if converted is mod else "nhwc"
+                if converted is mod and caught:
+                    layout_report["layout_fallback"] = str(caught[-1].message)
+            mod = converted
         if schedule:
             mod = transform.FastMathTransform()(mod)
         plan = None

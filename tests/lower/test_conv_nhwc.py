@@ -9,9 +9,10 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
-from edgec import frontend, lower, verify
+from edgec import api, frontend, lower, verify
 from edgec.lower import conv_nhwc, measure
 from tests.conftest import make_model
 from tests.lower.test_schedules import (
@@ -258,3 +259,17 @@ def test_an_op_left_unlowerable_keeps_the_model_nchw(monkeypatch):
     with pytest.warns(UserWarning, match="relax.nn.conv2d_transpose in NHWC cannot be lowered"):
         kept = conv_nhwc.convert(mod)
     assert kept is mod
+
+
+def test_report_says_when_the_layout_fell_back(tmp_path: Path, monkeypatch):
+    """The report's ``layout`` is the layout applied: nchw after a fallback, with the reason."""
+    path = tmp_path / "up.onnx"
+    onnx.save(_upsampling(), path)
+    report = api.compile(path, tmp_path / "out", bench=False, layout="nhwc").report
+    assert report["layout"] == "nhwc" and "layout_fallback" not in report
+    monkeypatch.setattr(conv_nhwc, "DESIRED", {"relax.nn.conv2d": ["NHWC", "HWIO"]})
+    with pytest.warns(UserWarning, match="NHWC layout not applied"):
+        report = api.compile(path, tmp_path / "out2", bench=False, layout="nhwc").report
+    assert report["layout"] == "nchw"
+    assert "conv2d_transpose in NHWC cannot be lowered" in report["layout_fallback"]
+    assert report["verification"]["passed"]
