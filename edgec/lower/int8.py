@@ -165,7 +165,8 @@ class Int8Conv2d:
         sch.reorder(co, *reduction[1:], *(lp for lp in (cx, cfo) if lp is not None), cfi, ci)
         sch.vectorize(fvec)
         _sched()._parallel_outer(sch, [n, fo, y])
-        _sched()._parallel_outer(sch, sch.get_loops(xcache)[:-1])
+        if not _repack_rows(sch, xcache, CB):
+            _sched()._parallel_outer(sch, sch.get_loops(xcache)[:-1])
         init = sch.decompose_reduction(conv, co)
         update = sch.blockize(cfi)
         for lp in (cx, cfo):
@@ -343,6 +344,57 @@ class Int8Matmul:
         sch.vectorize(sch.get_loops(init)[-1])
         _replace_body(sch, update, info["isa"])
         return sch.mod["main"]
+
+
+def _has_call(expr, name: str) -> bool:
+    if isinstance(expr, tvm.ir.Call) and expr.op.name == name:
+        return True
+    fields = [getattr(expr, f) for f in ("a", "b", "value", "condition", "true_value",
+                                          "false_value") if hasattr(expr, f)]  # fmt: skip
+    fields += list(getattr(expr, "args", []) or [])
+    return any(isinstance(f, tvm.ir.Expr) and _has_call(f, name) for f in fields)
+
+
+def _repack_rows(sch: s_tir.Schedule, xcache, cb: int) -> bool:
+    """The input copy ``[N, C, H, W] -> [N, C/cb, H, W, cb]`` as vector code: per (n, c/cb, h)
+    row, ``cb`` channel rows loaded 16 pixels at a time (the producers, e.g. the int8 -> uint8
+    shift, evaluated on them) and interleaved with ``Shuffle`` (the plain copy block stores
+    byte by byte: for thin 1x1 convs it cost more than the dot products). Only for inputs
+    without padding (no ``if_then_else``); returns whether it applied."""
+    stmt = sch.get(xcache)
+    value = stmt.body.value
+    buf = stmt.writes[0].source
+    if _has_call(value, "prim.if_then_else") or len(buf.shape) != 5 or len(stmt.iter_vars) != 4:
+        return False
+    batch, blocks_c, height, width, _ = (int(d) for d in buf.shape)
+    lanes = min(16, width)
+    outer = sch.blockize(sch.get_loops(xcache)[0])
+    ostmt = sch.get(outer)
+    row, k, ci, lane = (tirx.Var(v, "int64") for v in ("row", "k", "ci", "lane"))
+    n = tirx.FloorDiv(row, _i64(blocks_c * height))
+    c4 = tirx.FloorMod(tirx.FloorDiv(row, _i64(height)), _i64(blocks_c))
+    h = tirx.FloorMod(row, _i64(height))
+    w0 = tirx.Min(k * _i64(lanes), _i64(width - lanes))
+    tmp = tirx.decl_buffer((cb, lanes), str(buf.dtype), "repack_rows")
+    at = (n, c4 * _i64(cb) + ci, h, w0 + lane)
+    binds = [tirx.Bind(iv.var, e) for iv, e in zip(stmt.iter_vars, at, strict=True)]
+    load = _for(ci, cb, _for(lane, lanes, tirx.SeqStmt(
+        [*binds, tirx.BufferStore(tmp, value, [ci, lane])]), tirx.ForKind.VECTORIZED),
+        tirx.ForKind.UNROLLED)  # fmt: skip
+    parts = [tirx.BufferLoad(tmp, [_i64(j), tirx.Ramp(_i64(0), _i64(1), lanes)]) for j in range(cb)]
+    stores = [
+        tirx.BufferStore(buf, tirx.Shuffle(parts, [tirx.IntImm("int32", j * lanes + i)
+                                                   for j in range(cb)]),
+                         [n, c4, h, w0 + _i64(i), tirx.Ramp(_i64(0), _i64(1), cb)])
+        for i in range(lanes)
+    ]  # fmt: skip
+    chunk = tirx.SeqStmt([tirx.AllocBuffer(tmp), load, *stores])
+    body = _for(row, batch * blocks_c * height, _for(k, -(-width // lanes), chunk),
+                tirx.ForKind.PARALLEL)  # fmt: skip
+    iters = [tirx.IterVar(v.dom, v.var, 0) for v in ostmt.iter_vars]
+    new = s_tir.SBlock(iters, ostmt.reads, ostmt.writes, ostmt.name_hint, body)
+    sch.state.replace(sch.get_sref(outer), new, {})
+    return True
 
 
 def schedules_key(knobs: Knobs) -> tuple:
