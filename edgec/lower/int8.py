@@ -674,7 +674,8 @@ def _dw_plane(info: dict, knobs: Knobs, n, c, x, w, acc, source):
             m = min(16, count - start)
             order = [((start + i) % phases) * lanes + (start + i) // phases for i in range(m)]
             value = tirx.Shuffle(accs, [tirx.IntImm("int32", v) for v in order])
-            index = [n, c, y, tirx.Ramp(x0 + _i64(start), _i64(1), m)]
+            column = x0 + _i64(start)
+            index = [n, c, y, tirx.Ramp(column, _i64(1), m) if m > 1 else column]
             body.append(tirx.BufferStore(acc, value, index))
     steps = -(-ntiles // xt)
     stmts.append(_for(y, info["h"], _for(t, steps, tirx.SeqStmt(body))))

@@ -112,11 +112,11 @@ def _int8_template() -> str:
     return "int8_conv2d" if isa else "conv2d"
 
 
-def _depthwise_template() -> str:
-    """The template for int8 depthwise convolutions here (``vpdpbusd``: AVX512-VNNI only)."""
+def _depthwise_template(target: str = "x86_64") -> str:
+    """The template for int8 depthwise convolutions on ``target`` (AVX512-VNNI only)."""
     from edgec.lower import int8
 
-    with __import__("tvm").target.Target(lower.target_json(_target(), 1)):
+    with __import__("tvm").target.Target(lower.target_json(_target(target), 1)):
         isa = int8._isa()
     return "int8_depthwise" if isa == "vnni" else "conv2d"
 
@@ -124,6 +124,12 @@ def _depthwise_template() -> str:
 @pytest.mark.parametrize("act", ["uint8", "int8"])
 @pytest.mark.parametrize("case", CONVS, ids=lambda c: "c{}f{}k{}s{}p{}g{}".format(*c[:6]))
 def test_conv_bit_exact(case, act, tmp_path, target="x86_64", choose=None):
+    conv_case(case, act, tmp_path, target, choose)
+
+
+def conv_case(case, act, tmp_path, target="x86_64", choose=None) -> list[dict]:
+    """One QDQ Conv (``case``: c, f, k, stride, pad, groups, hw), compiled integer-only and
+    bit-exact against the numpy reference; returns the kernel records of the convolution."""
     c, f, k, stride, pad, groups, hw = case
     rng = _rng("conv", case, act)
     x = _act(rng, (1, c, hw, hw), act)
@@ -165,10 +171,12 @@ def test_conv_bit_exact(case, act, tmp_path, target="x86_64", choose=None):
     assert quant["integer_op_kinds"] == {"nn.conv2d": 1} and quant["float_ops"] == []
     conv = [r for r in records if "conv2d" in r["kernel"]]
     dense = groups == 1 and f % 8 == 0  # input channels are padded to a multiple of 4
-    want = _int8_template() if dense else _depthwise_template() if groups == c == f else "conv2d"
+    depthwise = groups == c == f
+    want = _int8_template() if dense else _depthwise_template(target) if depthwise else "conv2d"
     assert conv[0]["template"] == want, conv
     # not trivially saturated: the test exercises the requantization
     assert len(np.unique(got)) > 20
+    return conv
 
 
 @pytest.mark.parametrize("act", ["uint8", "int8"])
