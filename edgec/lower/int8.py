@@ -358,39 +358,55 @@ def _has_call(expr, name: str) -> bool:
 def _repack_rows(sch: s_tir.Schedule, xcache, cb: int) -> bool:
     """The input copy ``[N, C, H, W] -> [N, C/cb, H, W, cb]`` as vector code: per (n, c/cb, h)
     row, ``cb`` channel rows loaded 16 pixels at a time (the producers, e.g. the int8 -> uint8
-    shift, evaluated on them) and interleaved with ``Shuffle`` (the plain copy block stores
-    byte by byte: for thin 1x1 convs it cost more than the dot products). Only for inputs
-    without padding (no ``if_then_else``); returns whether it applied."""
+    shift, evaluated on them) and interleaved with ``Shuffle``; a padded input's row is first
+    filled with the padding value (the zero point) and rows outside the input stay so. The
+    plain copy block stores byte by byte, which cost more than the dot products of thin 1x1
+    convs. Returns whether it applied (not to channel padding, e.g. a 3-channel stem)."""
     stmt = sch.get(xcache)
-    value = stmt.body.value
     buf = stmt.writes[0].source
-    if _has_call(value, "prim.if_then_else") or len(buf.shape) != 5 or len(stmt.iter_vars) != 4:
+    if len(buf.shape) != 5 or len(stmt.iter_vars) != 4:
         return False
+    ivars = [iv.var for iv in stmt.iter_vars]
     batch, blocks_c, height, width, _ = (int(d) for d in buf.shape)
-    lanes = min(16, width)
+    try:
+        pad = _padding((ivars, stmt.body.value))
+    except _sched().Decline:
+        return False
+    fill, top, left, rows_in, cols_in, inner = pad or (0, 0, 0, height, width, stmt.body.value)
+    inputs = [ld.source for ld in _loads(inner) if len(ld.source.shape) == 4]
+    if _has_call(inner, "prim.if_then_else") or any(
+        int(x.shape[1]) != blocks_c * cb for x in inputs
+    ):
+        return False
+    lanes = min(16, cols_in)
     outer = sch.blockize(sch.get_loops(xcache)[0])
     ostmt = sch.get(outer)
-    row, k, ci, lane = (tirx.Var(v, "int64") for v in ("row", "k", "ci", "lane"))
+    row, k, ci, lane, col = (tirx.Var(v, "int64") for v in ("row", "k", "ci", "lane", "col"))
     n = tirx.FloorDiv(row, _i64(blocks_c * height))
     c4 = tirx.FloorMod(tirx.FloorDiv(row, _i64(height)), _i64(blocks_c))
     h = tirx.FloorMod(row, _i64(height))
-    w0 = tirx.Min(k * _i64(lanes), _i64(width - lanes))
+    w0 = tirx.Min(k * _i64(lanes), _i64(cols_in - lanes)) + _i64(left)
     tmp = tirx.decl_buffer((cb, lanes), str(buf.dtype), "repack_rows")
     at = (n, c4 * _i64(cb) + ci, h, w0 + lane)
-    binds = [tirx.Bind(iv.var, e) for iv, e in zip(stmt.iter_vars, at, strict=True)]
+    binds = [tirx.Bind(v, e) for v, e in zip(ivars, at, strict=True)]
     load = _for(ci, cb, _for(lane, lanes, tirx.SeqStmt(
-        [*binds, tirx.BufferStore(tmp, value, [ci, lane])]), tirx.ForKind.VECTORIZED),
+        [*binds, tirx.BufferStore(tmp, inner, [ci, lane])]), tirx.ForKind.VECTORIZED),
         tirx.ForKind.UNROLLED)  # fmt: skip
     parts = [tirx.BufferLoad(tmp, [_i64(j), tirx.Ramp(_i64(0), _i64(1), lanes)]) for j in range(cb)]
+    group = tirx.Ramp(_i64(0), _i64(1), cb)  # the cb channels of one pixel
     stores = [
         tirx.BufferStore(buf, tirx.Shuffle(parts, [tirx.IntImm("int32", j * lanes + i)
                                                    for j in range(cb)]),
-                         [n, c4, h, w0 + _i64(i), tirx.Ramp(_i64(0), _i64(1), cb)])
+                         [n, c4, h, w0 + _i64(i), group])
         for i in range(lanes)
     ]  # fmt: skip
-    chunk = tirx.SeqStmt([tirx.AllocBuffer(tmp), load, *stores])
-    body = _for(row, batch * blocks_c * height, _for(k, -(-width // lanes), chunk),
-                tirx.ForKind.PARALLEL)  # fmt: skip
+    body = _for(k, -(-cols_in // lanes), tirx.SeqStmt([tirx.AllocBuffer(tmp), load, *stores]))
+    if pad is not None:
+        blank = tirx.BufferStore(buf, tirx.Broadcast(tirx.IntImm(str(buf.dtype), fill), cb),
+                                 [n, c4, h, col, group])  # fmt: skip
+        inside = tirx.all(h >= _i64(top), h < _i64(top + rows_in))
+        body = tirx.SeqStmt([_for(col, width, blank), tirx.IfThenElse(inside, body, None)])
+    body = _for(row, batch * blocks_c * height, body, tirx.ForKind.PARALLEL)
     iters = [tirx.IterVar(v.dom, v.var, 0) for v in ostmt.iter_vars]
     new = s_tir.SBlock(iters, ostmt.reads, ostmt.writes, ostmt.name_hint, body)
     sch.state.replace(sch.get_sref(outer), new, {})
