@@ -9,7 +9,8 @@ input channels:
 
 * weights packed at compile time to ``[F/16, C/4, KH, KW, 16*4]`` (``layout_rewrite_preproc``);
 * the input (padding, zero point and the +128 shift inlined) copied per call to
-  ``[N, C/4, H, W, 4]`` so the 4 channels of a pixel are one 32-bit word;
+  ``[N, C/4, H, W, 4]`` so the 4 channels of a pixel are one 32-bit word (``_repack_rows``:
+  channel rows interleaved 16 pixels at a time);
 * the accumulator tile as ``[.., 16]`` (16 int32 lanes), ``xb`` output columns kept in registers;
   the requantization epilogue reads the tile and writes the NCHW output row-wise (``epi="x"``,
   contiguous stores) or channel-wise (strided stores).
@@ -22,6 +23,9 @@ body replaced by the intrinsic on vector loads taken from the block's own read/w
 * ``avx2``: no VNNI, so ``vpmaddubsw`` would be next, but it saturates int16 (255 * 127 * 2 >
   32767), so this path widens both operands to int16 (u8 zero-extended, s8 sign-extended) and uses
   ``vpmaddwd`` (int16 pairs -> int32, exact) twice per 16x4 step: exact for all 8-bit weights.
+
+``Int8Depthwise`` (VNNI only) computes depthwise convs on ``vpdpbusd`` straight from the NCHW
+rows: 4 consecutive pixels of a row are the taps of one output (see its docstring).
 """
 
 from __future__ import annotations
