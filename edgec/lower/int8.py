@@ -468,8 +468,8 @@ class Int8Depthwise:
     ``x0 + P * k + p`` (``P = 4 / S`` phases): one ``vpdpbusd`` accumulates a kernel row for
     ``L`` outputs, and ``P`` loads cover ``P * L`` consecutive outputs (the tile). The ``P``
     accumulators are interleaved back to column order (``Shuffle``) into the row's int32
-    accumulator, and the requantization epilogue runs over the row, vectorized. Per output row
-    the ``KH`` input rows are copied into a local buffer wide enough for every load (the
+    accumulator plane, and the requantization epilogue runs over it, vectorized along rows. Per
+    channel the input plane is first copied into a buffer wide enough for every load (the
     padding, i.e. the zero point, and the producers such as the int8 -> uint8 shift inlined);
     the last tile of a row overlaps the previous one instead of running past it. Knobs: ``L``
     (vector lanes: 4, 8, 16 = xmm, ymm, zmm) and ``xt`` (tiles in flight: more independent
@@ -544,8 +544,8 @@ class Int8Depthwise:
         outer = sch.blockize(sched._loops_below(sch, conv, f)[0])  # per (n, c): a plane
         stmt = sch.get(outer)
         acc = stmt.writes[0].source
-        x = next(r.source for r in stmt.reads if str(r.source.dtype) != "int8")
-        w = next(r.source for r in stmt.reads if str(r.source.dtype) == "int8")
+        w = func.params[info["weight_param"]]
+        x = next(r.source for r in stmt.reads if not r.source.same_as(w))
         # (n, c) and extent-1 leftovers of y, x and the reduction (made spatial: no init)
         if len(stmt.iter_vars) < 2 or any(int(v.dom.extent) != 1 for v in stmt.iter_vars[2:]):
             raise Decline("unexpected iterators of the plane block")

@@ -131,22 +131,25 @@ def mobilenet_block() -> onnx.ModelProto:
     return model
 
 
-@pytest.fixture(scope="module")
-def mobilenet_qdq(tmp_path_factory):
+def quantized_block(directory, activation: str):
+    """``mobilenet_block`` quantized by quantize_static (minmax, 8 samples), saved."""
     rng = np.random.default_rng(RNG_SEED + 1)
     samples = [{"x": rng.standard_normal((1, 3, 32, 32)).astype(np.float32)} for _ in range(8)]
-    path = tmp_path_factory.mktemp("mbv2") / "mbv2.qdq.onnx"
-    onnx.save(quantize_qdq(mobilenet_block(), samples, activation="uint8"), path)
+    path = directory / f"mbv2_{activation}.qdq.onnx"
+    onnx.save(quantize_qdq(mobilenet_block(), samples, activation=activation), path)
     return path
 
 
 @needs_vnni
-@pytest.mark.parametrize("search", ["none", "fast"])
-def test_mobilenet_block_depthwise_scheduled(search, mobilenet_qdq, tmp_path):
+@pytest.mark.parametrize("search, activation", [("none", "uint8"), ("none", "int8"),
+                                                ("fast", "uint8")])  # fmt: skip
+def test_mobilenet_block_depthwise_scheduled(search, activation, tmp_path):
     """The three depthwise layers of a quantize_static model run on int8_depthwise (also when
-    ``--search fast`` times its candidates), nothing float is left, and the output is within
-    one quantum of onnxruntime on the same QDQ model."""
-    result = api.compile(mobilenet_qdq, tmp_path / "out", integer_only=True, bench=False,
+    ``--search fast`` times its candidates, and with int8 activations, shifted to uint8 in the
+    kernel's input copy), nothing float is left, and the output is within one quantum of
+    onnxruntime on the same QDQ model."""
+    qdq_path = quantized_block(tmp_path, activation)
+    result = api.compile(qdq_path, tmp_path / "out", integer_only=True, bench=False,
                          threads=2, search=search, search_budget_s=20,
                          tuning_db=tmp_path / "t.db")  # fmt: skip
     report = json.loads((tmp_path / "out" / "report.json").read_text())
@@ -159,13 +162,13 @@ def test_mobilenet_block_depthwise_scheduled(search, mobilenet_qdq, tmp_path):
         timed = [c for k in depthwise for c in k.get("candidates", []) if "lanes" in c["knobs"]]
         assert len(timed) >= 2, depthwise
     model = api.load(tmp_path / "out")
-    session = verify.ort_session(onnx.load(mobilenet_qdq), optimize=False, threads=2)
+    session = verify.ort_session(onnx.load(qdq_path), optimize=False, threads=2)
     rng = np.random.default_rng(RNG_SEED + 2)
     quanta = []
     for _ in range(4):
         x = rng.standard_normal((1, 3, 32, 32)).astype(np.float32)
         diff = np.abs(model(x=x)["y"].astype(np.float64) - session.run(None, {"x": x})[0])
-        quanta.append(diff / _quantum(onnx.load(mobilenet_qdq)))
+        quanta.append(diff / _quantum(onnx.load(qdq_path)))
     assert np.max(quanta) <= 1.0 + 1e-3  # float32 outputs: one quantum up to rounding
 
 
