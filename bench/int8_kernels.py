@@ -5,13 +5,13 @@
 
 Quantizes the zoo model like ``bench/int8.py`` (QDQ, uint8 activations, 4 synthetic samples),
 lowers it as ``edgec compile --int8`` does (``lower.build``'s search hook receives the kernels),
-and times, per int8 convolution kernel, the template that schedules it (every knob set of its
-``space``) and, for the depthwise ones, the generic ``conv2d`` template (its default knobs: what
-``int8_depthwise`` replaces). Each distinct kernel once (the conv-algorithm plan lists the same
-direct kernel under several names). Rounds are interleaved; each number is the fastest single
-call of ``--repeat`` per round over all rounds (``edgec.lower.measure.measure``): on a shared
-machine the fastest call is the one nobody preempted. Prints a markdown table (us per call,
-GOP/s).
+and times, per int8 convolution kernel, the template that schedules it (its default knobs, or
+every knob set of its ``space`` with ``--space``) and, for the depthwise ones, the generic
+``conv2d`` template (its default knobs: what ``int8_depthwise`` replaces). Each distinct kernel
+once (the conv-algorithm plan lists the same direct kernel under several names). Rounds are
+interleaved; each number is the fastest single call of ``--repeat`` per round over all rounds
+(``edgec.lower.measure.measure``): on a shared machine the fastest call is the one nobody
+preempted. Prints a markdown table (us per call, GOP/s).
 """
 
 from __future__ import annotations
@@ -59,8 +59,8 @@ def _kind(task: measure.Task) -> str | None:
     return None
 
 
-def variants(task: measure.Task) -> list[tuple[str, measure.Task, dict]]:
-    out = [(task.template, task, k) for k in task.space]
+def variants(task: measure.Task, space: bool = True) -> list[tuple[str, measure.Task, dict]]:
+    out = [(task.template, task, k) for k in (task.space if space else [task.default])]
     if task.template == "int8_depthwise":
         conv = schedules.Conv2d()
         info = conv.match(task.func)
@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=40)
+    ap.add_argument("--space", action="store_true", help="every knob set, not the default only")
     ap.add_argument("--workdir", type=Path)
     args = ap.parse_args(argv)
     measure.prepare(args.threads)
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     for r in range(args.rounds):
         print(f"round {r + 1}/{args.rounds}: {len(chosen)} kernels", file=sys.stderr)
         for task in chosen:
-            for label, t, knobs in variants(task):
+            for label, t, knobs in variants(task, args.space):
                 key = (task.name, label, measure.canonical(knobs))
                 try:
                     s = measure.measure(t, knobs, target, repeat=args.repeat, min_repeat_ms=1)
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     for task in chosen:
         i = task.info
         shape = f"{i['f']}x{i['h']}x{i['w']} k{i['kh']}" + (" dw" if i.get("depthwise") else "")
-        for label, _, knobs in variants(task):
+        for label, _, knobs in variants(task, args.space):
             s = best[(task.name, label, measure.canonical(knobs))]
             gops = task.flops / s / 1e9 if s < float("inf") else 0
             mark = " (default)" if knobs == task.default and label == task.template else ""

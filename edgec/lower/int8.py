@@ -518,9 +518,10 @@ class Int8Depthwise:
         return list({schedules_key(k): k for k in out}.values())
 
     def default(self, info: dict, lanes: int) -> Knobs:
+        # measured on Zen 4 (MobileNetV2, bench/int8_kernels.py --space): ymm tiles, also when
+        # the row is a little narrower than one; tiles in flight made no difference
         phases, w = 4 // info["sw"], info["w"]
-        ln = next((x for x in (16, 8) if phases * x <= w), 4)
-        return {"lanes": ln, "xt": 2 if 2 * phases * ln <= w else 1}
+        return {"lanes": 8 if phases * 8 <= 2 * w else 4, "xt": 1}
 
     def apply(self, func: tirx.PrimFunc, info: dict, knobs: Knobs) -> tirx.PrimFunc:
         sched = _sched()
