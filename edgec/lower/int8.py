@@ -9,7 +9,8 @@ input channels:
 
 * weights packed at compile time to ``[F/16, C/4, KH, KW, 16*4]`` (``layout_rewrite_preproc``);
 * the input (padding, zero point and the +128 shift inlined) copied per call to
-  ``[N, C/4, H, W, 4]`` so the 4 channels of a pixel are one 32-bit word;
+  ``[N, C/4, H, W, 4]`` so the 4 channels of a pixel are one 32-bit word (``_repack_rows``:
+  channel rows interleaved 16 pixels at a time);
 * the accumulator tile as ``[.., 16]`` (16 int32 lanes), ``xb`` output columns kept in registers;
   the requantization epilogue reads the tile and writes the NCHW output row-wise (``epi="x"``,
   contiguous stores) or channel-wise (strided stores).
@@ -22,10 +23,14 @@ body replaced by the intrinsic on vector loads taken from the block's own read/w
 * ``avx2``: no VNNI, so ``vpmaddubsw`` would be next, but it saturates int16 (255 * 127 * 2 >
   32767), so this path widens both operands to int16 (u8 zero-extended, s8 sign-extended) and uses
   ``vpmaddwd`` (int16 pairs -> int32, exact) twice per 16x4 step: exact for all 8-bit weights.
+
+``Int8Depthwise`` (VNNI only) computes depthwise convs on ``vpdpbusd`` straight from the NCHW
+rows: 4 consecutive pixels of a row are the taps of one output (see its docstring).
 """
 
 from __future__ import annotations
 
+import tvm
 from tvm import s_tir, tirx
 
 Knobs = dict
@@ -164,7 +169,8 @@ class Int8Conv2d:
         sch.reorder(co, *reduction[1:], *(lp for lp in (cx, cfo) if lp is not None), cfi, ci)
         sch.vectorize(fvec)
         _sched()._parallel_outer(sch, [n, fo, y])
-        _sched()._parallel_outer(sch, sch.get_loops(xcache)[:-1])
+        if not _repack_rows(sch, xcache, CB):
+            _sched()._parallel_outer(sch, sch.get_loops(xcache)[:-1])
         init = sch.decompose_reduction(conv, co)
         update = sch.blockize(cfi)
         for lp in (cx, cfo):
@@ -344,6 +350,73 @@ class Int8Matmul:
         return sch.mod["main"]
 
 
+def _has_call(expr, name: str) -> bool:
+    if isinstance(expr, tvm.ir.Call) and expr.op.name == name:
+        return True
+    fields = [getattr(expr, f) for f in ("a", "b", "value", "condition", "true_value",
+                                          "false_value") if hasattr(expr, f)]  # fmt: skip
+    fields += list(getattr(expr, "args", []) or [])
+    return any(isinstance(f, tvm.ir.Expr) and _has_call(f, name) for f in fields)
+
+
+def _repack_rows(sch: s_tir.Schedule, xcache, cb: int) -> bool:
+    """The input copy ``[N, C, H, W] -> [N, C/cb, H, W, cb]`` as vector code: per (n, c/cb, h)
+    row, ``cb`` channel rows loaded 16 pixels at a time (the producers, e.g. the int8 -> uint8
+    shift, evaluated on them) and interleaved with ``Shuffle``; a padded input's row is first
+    filled with the padding value (the zero point) and rows outside the input stay so. The
+    plain copy block stores byte by byte, which cost more than the dot products of thin 1x1
+    convs. Returns whether it applied (not to channel padding, e.g. a 3-channel stem)."""
+    stmt = sch.get(xcache)
+    buf = stmt.writes[0].source
+    if len(buf.shape) != 5 or len(stmt.iter_vars) != 4:
+        return False
+    ivars = [iv.var for iv in stmt.iter_vars]
+    batch, blocks_c, height, width, _ = (int(d) for d in buf.shape)
+    try:
+        pad = _padding((ivars, stmt.body.value))
+    except Exception:  # noqa: BLE001 - a padding it cannot read: the plain copy does it
+        return False
+    fill, top, left, rows_in, cols_in, inner = pad or (0, 0, 0, height, width, stmt.body.value)
+    inputs = [ld.source for ld in _loads(inner) if len(ld.source.shape) == 4]
+    if _has_call(inner, "prim.if_then_else") or any(
+        int(x.shape[1]) != blocks_c * cb for x in inputs
+    ):
+        return False
+    lanes = min(16, cols_in)
+    outer = sch.blockize(sch.get_loops(xcache)[0])
+    ostmt = sch.get(outer)
+    row, k, ci, lane, col = (tirx.Var(v, "int64") for v in ("row", "k", "ci", "lane", "col"))
+    n = tirx.FloorDiv(row, _i64(blocks_c * height))
+    c4 = tirx.FloorMod(tirx.FloorDiv(row, _i64(height)), _i64(blocks_c))
+    h = tirx.FloorMod(row, _i64(height))
+    w0 = tirx.Min(k * _i64(lanes), _i64(cols_in - lanes)) + _i64(left)
+    tmp = tirx.decl_buffer((cb, lanes), str(buf.dtype), "repack_rows")
+    at = (n, c4 * _i64(cb) + ci, h, w0 + lane)
+    binds = [tirx.Bind(v, e) for v, e in zip(ivars, at, strict=True)]
+    load = _for(ci, cb, _for(lane, lanes, tirx.SeqStmt(
+        [*binds, tirx.BufferStore(tmp, inner, [ci, lane])]), tirx.ForKind.VECTORIZED),
+        tirx.ForKind.UNROLLED)  # fmt: skip
+    parts = [tirx.BufferLoad(tmp, [_i64(j), tirx.Ramp(_i64(0), _i64(1), lanes)]) for j in range(cb)]
+    group = tirx.Ramp(_i64(0), _i64(1), cb)  # the cb channels of one pixel
+    stores = [
+        tirx.BufferStore(buf, tirx.Shuffle(parts, [tirx.IntImm("int32", j * lanes + i)
+                                                   for j in range(cb)]),
+                         [n, c4, h, w0 + _i64(i), group])
+        for i in range(lanes)
+    ]  # fmt: skip
+    body = _for(k, -(-cols_in // lanes), tirx.SeqStmt([tirx.AllocBuffer(tmp), load, *stores]))
+    if pad is not None:
+        blank = tirx.BufferStore(buf, tirx.Broadcast(tirx.IntImm(str(buf.dtype), fill), cb),
+                                 [n, c4, h, col, group])  # fmt: skip
+        inside = tirx.all(h >= _i64(top), h < _i64(top + rows_in))
+        body = tirx.SeqStmt([_for(col, width, blank), tirx.IfThenElse(inside, body, None)])
+    body = _for(row, batch * blocks_c * height, body, tirx.ForKind.PARALLEL)
+    iters = [tirx.IterVar(v.dom, v.var, 0) for v in ostmt.iter_vars]
+    new = s_tir.SBlock(iters, ostmt.reads, ostmt.writes, ostmt.name_hint, body)
+    sch.state.replace(sch.get_sref(outer), new, {})
+    return True
+
+
 def schedules_key(knobs: Knobs) -> tuple:
     return tuple(sorted(knobs.items()))
 
@@ -385,4 +458,249 @@ def _replace_body(sch: s_tir.Schedule, block, isa: str) -> None:
     sch.state.replace(sch.get_sref(block), new, {stmt: new})
 
 
-TEMPLATES: tuple = (Int8Conv2d(), Int8Matmul())
+class Int8Depthwise:
+    """Depthwise u8 x s8 -> s32 NCHW convolutions (``groups = C = F``, dilation 1, horizontal
+    stride 1, 2 or 4) on ``vpdpbusd`` without any repack of the input.
+
+    A dword of the input row holds 4 consecutive pixels, the taps of one output for a kernel
+    row up to 4 wide (the weight word zero beyond ``KW``; 5-8 wide: two words). A vector load of
+    ``4 * L`` bytes at column ``x0 * S + S * p`` puts, in lane ``k``, the taps of output
+    ``x0 + P * k + p`` (``P = 4 / S`` phases): one ``vpdpbusd`` accumulates a kernel row for
+    ``L`` outputs, and ``P`` loads cover ``P * L`` consecutive outputs (the tile). The ``P``
+    accumulators are interleaved back to column order (``Shuffle``) into the row's int32
+    accumulator plane, and the requantization epilogue runs over it, vectorized along rows. Per
+    channel the input plane is first copied into a buffer wide enough for every load (the
+    padding, i.e. the zero point, and the producers such as the int8 -> uint8 shift inlined);
+    the last tile of a row overlaps the previous one instead of running past it. Knobs: ``L``
+    (vector lanes: 4, 8, 16 = xmm, ymm, zmm) and ``xt`` (tiles in flight: more independent
+    accumulator chains).
+    """
+
+    name = "int8_depthwise"
+
+    def match(self, func: tirx.PrimFunc) -> dict:
+        from tvm.sym import detect_linear_equation
+
+        sched = _sched()
+        try:
+            info = sched.Conv2d().match(func)
+        except sched.Decline as e:
+            raise sched.NotMine(str(e)) from e
+        sch = s_tir.Schedule(func)
+        conv = sched._blocks(sch)[info["anchor"]]
+        data, weight = conv["reads"]
+        if (str(data.dtype), str(weight.dtype), str(conv["writes"].dtype)) != (
+            "uint8", "int8", "int32",
+        ) or not info["depthwise"]:  # fmt: skip
+            raise sched.NotMine("not a depthwise u8 x s8 -> s32 convolution")
+        if int(data.shape[1]) != info["f"]:
+            raise Decline("a channel multiplier (F != C)")
+        stmt = sch.get(conv["block"])
+        load = next(ld for ld in _loads(stmt.body.value) if ld.source.same_as(data))
+        iv = [v.var for v in stmt.iter_vars]  # n, o, i, j, [rc,] ry, rx
+        ry, rx = iv[-2], iv[-1]
+        rows = [int(c) for c in detect_linear_equation(load.indices[2], [iv[2], ry])]
+        cols = [int(c) for c in detect_linear_equation(load.indices[3], [iv[3], rx])]
+        if len(rows) != 3 or len(cols) != 3 or rows[1:] != [1, 0] or cols[1:] != [1, 0]:
+            raise Decline("dilation or offset reads")
+        if cols[0] not in (1, 2, 4):
+            raise Decline(f"horizontal stride {cols[0]} (1, 2 or 4)")
+        if _isa() != "vnni":
+            raise Decline("no AVX512-VNNI target")
+        info.update(sh=rows[0], sw=cols[0], hd=int(data.shape[2]), wd=int(data.shape[3]))
+        return info
+
+    def space(self, info: dict, lanes: int) -> list[Knobs]:
+        out = [self.default(info, lanes)] + [
+            {"lanes": ln, "xt": xt} for ln in (4, 8, 16) for xt in (1, 2)
+            if ln == 4 or (4 // info["sw"]) * ln <= 2 * info["w"]
+        ]  # fmt: skip
+        return list({schedules_key(k): k for k in out}.values())
+
+    def default(self, info: dict, lanes: int) -> Knobs:
+        # measured on Zen 4 (MobileNetV2, bench/int8_kernels.py --space): ymm tiles, also when
+        # the row is a little narrower than one; tiles in flight made no difference
+        phases, w = 4 // info["sw"], info["w"]
+        return {"lanes": 8 if phases * 8 <= 2 * w else 4, "xt": 1}
+
+    def apply(self, func: tirx.PrimFunc, info: dict, knobs: Knobs) -> tirx.PrimFunc:
+        sched = _sched()
+        sch = s_tir.Schedule(func)
+        blocks = sched._blocks(sch)
+        anchor = info["anchor"]
+        source = None  # the input at padded coordinates: (iter vars, value) of the producer
+        if anchor:
+            for b in blocks[: anchor - 1]:
+                sch.compute_inline(b["block"])
+            last = sch.get(blocks[anchor - 1]["block"])
+            source = ([v.var for v in last.iter_vars], last.body.value)
+            sch.compute_inline(blocks[anchor - 1]["block"])
+        if anchor == len(blocks) - 1:
+            out = sch.cache_write(blocks[anchor]["block"], 0, "global")
+        else:
+            out = sched._inline_epilogue(sch, blocks, anchor)["block"]
+        conv = sch.get_sblock(blocks[anchor]["name"])
+        n, f, y, xo = sch.get_loops(out)
+        sch.compute_at(conv, f)
+        outer = sch.blockize(sched._loops_below(sch, conv, f)[0])  # per (n, c): a plane
+        stmt = sch.get(outer)
+        acc = stmt.writes[0].source
+        w = func.params[info["weight_param"]]
+        x = next(r.source for r in stmt.reads if not r.source.same_as(w))
+        # (n, c) and extent-1 leftovers of y, x and the reduction (made spatial: no init)
+        if len(stmt.iter_vars) < 2 or any(int(v.dom.extent) != 1 for v in stmt.iter_vars[2:]):
+            raise Decline("unexpected iterators of the plane block")
+        iters = [tirx.IterVar(v.dom, v.var, 0) for v in stmt.iter_vars]
+        vn, vc = (v.var for v in iters[:2])
+        whole = [tvm.ir.Range.from_min_extent(0, int(d)) for d in x.shape[2:]]
+        reads = [tirx.BufferRegion(x, [tvm.ir.Range.from_min_extent(vn, 1),
+                                       tvm.ir.Range.from_min_extent(vc, 1), *whole]),
+                 tirx.BufferRegion(w, [tvm.ir.Range.from_min_extent(vc, 1)] + [
+                     tvm.ir.Range.from_min_extent(0, int(d)) for d in w.shape[1:]])]  # fmt: skip
+        body, rows = _dw_plane(info, knobs, vn, vc, x, w, acc, source)
+        new = s_tir.SBlock(iters, reads, stmt.writes, "dw_plane", body)
+        sch.state.replace(sch.get_sref(outer), new, {})
+        root = sch.get(sch.get_sblock("root"))
+        new_root = s_tir.SBlock(root.iter_vars, root.reads, root.writes, root.name_hint,
+                                root.body, root.init, [*root.alloc_buffers, rows],
+                                root.match_buffers, root.annotations)  # fmt: skip
+        sch.state.replace(sch.get_sref(sch.get_sblock("root")), new_root, {root: new_root})
+        width = next((v for v in (64, 32, 16, 8) if info["w"] % v == 0), None)
+        if info["w"] <= 64:
+            sch.vectorize(xo)
+        elif width:
+            sch.vectorize(sch.split(xo, [None, width])[1])
+        sched._parallel_outer(sch, [n, f, y])
+        return sch.mod["main"]
+
+
+def _loads(expr) -> list:
+    """The BufferLoads in ``expr`` (binary ops, casts, calls, selects)."""
+    if isinstance(expr, tvm.ir.expr.TensorLoad):
+        return [expr]
+    out = []
+    for field in ("a", "b", "value", "condition", "true_value", "false_value"):
+        if hasattr(expr, field) and isinstance(getattr(expr, field), tvm.ir.Expr):
+            out += _loads(getattr(expr, field))
+    for arg in getattr(expr, "args", []) or []:
+        if isinstance(arg, tvm.ir.Expr):
+            out += _loads(arg)
+    return out
+
+
+def _i64(v) -> tirx.IntImm:
+    return tirx.IntImm("int64", int(v))
+
+
+def _for(var, extent: int, body, kind=tirx.ForKind.SERIAL):
+    return tirx.For(var, _i64(0), _i64(extent), kind, body)
+
+
+def _padding(source) -> tuple:
+    """(value, top, left, height, width, unpadded value) of the input producer's
+    ``if_then_else(inside, value, pad)``; None without padding."""
+    from tvm.sym import detect_linear_equation
+
+    ivars, value = source
+    if not (isinstance(value, tvm.ir.Call) and value.op.name == "prim.if_then_else"):
+        return None
+    _, inner, other = value.args
+    loads = _loads(inner)
+    if not isinstance(other, tirx.IntImm) or not loads:
+        raise Decline("padding with a non-constant value, or of no input")
+    top = -int(detect_linear_equation(loads[0].indices[2], [ivars[2]])[1])
+    left = -int(detect_linear_equation(loads[0].indices[3], [ivars[3]])[1])
+    shape = loads[0].source.shape
+    return int(other.value), top, left, int(shape[2]), int(shape[3]), inner
+
+
+def _dw_plane(info: dict, knobs: Knobs, n, c, x, w, acc, source):
+    """The statement computing one output channel (``acc[n, c, :, :]``) of a depthwise conv,
+    and the buffer of padded input planes it uses (see ``Int8Depthwise``)."""
+    from tvm.sym import Analyzer
+
+    lanes, xt = knobs["lanes"], knobs.get("xt", 1)
+    sh, sw, kh, kw = info["sh"], info["sw"], info["kh"], info["kw"]
+    wo, hd, wd = info["w"], info["hd"], info["wd"]
+    phases, nq = 4 // sw, -(-kw // 4)  # nq: words per kernel row
+    tile = phases * lanes
+    x0max = max(wo - tile, 0)  # the last tile's first column
+    width = max(x0max * sw + sw * (phases - 1) + 4 * (nq - 1) + 4 * lanes, wd)
+    width = -(-width // 16) * 16
+    # one padded plane per (n, c), allocated once per call and copied whole before the loads
+    # (loads right after overlapping stores stall store forwarding; a small buffer per row
+    # would be promoted to registers by LLVM, its unaligned loads turned into byte shuffles)
+    planes = tirx.decl_buffer((info["n"] * info["f"], hd, width), "uint8", "dw_planes")
+    slot = n * _i64(info["f"]) + c
+    fill, top, left, height, inner = 0, 0, 0, hd, None
+    if source is not None:
+        inner = source[1]
+        pad = _padding(source)
+        if pad is not None:
+            fill, top, left, height, wd, inner = pad
+    # the plane: the padding value, then the input rows in 16-byte pieces (a row-long vector
+    # of an odd length lowers to byte shuffles; the last piece overlaps the one before)
+    r, kf, xf, kc, xx = (tirx.Var(name, "int64") for name in ("r", "kf", "xf", "kc", "xx"))
+    fill_row = _for(kf, width // 16, _for(xf, 16, tirx.BufferStore(
+        planes, tirx.IntImm("uint8", fill), [slot, r, kf * _i64(16) + xf]),
+        tirx.ForKind.VECTORIZED))  # fmt: skip
+    piece = min(16, wd)
+    col = tirx.Min(kc * _i64(piece), _i64(wd - piece)) + xx
+    if inner is None:
+        copy = tirx.BufferStore(planes, tirx.BufferLoad(x, [n, c, r, col]), [slot, r, col])
+    else:  # the producer's value at padded (r, col + left), its iterators bound
+        at = (n, c, r, col + _i64(left))
+        binds = [tirx.Bind(v, e) for v, e in zip(source[0], at, strict=True)]
+        copy = tirx.SeqStmt([*binds, tirx.BufferStore(planes, inner, [slot, r, at[3]])])
+    copy = _for(kc, -(-wd // piece), _for(xx, piece, copy, tirx.ForKind.VECTORIZED))
+    if height != hd:
+        copy = tirx.IfThenElse(tirx.all(r >= _i64(top), r < _i64(top + height)), copy, None)
+    stmts = [_for(r, hd, tirx.SeqStmt([fill_row, copy]))]
+    # weight words: the taps of a kernel row, 4 per word (zero beyond KW), broadcast
+    words = {}
+    for u in range(kh):
+        for q in range(nq):
+            word = None
+            for j in range(min(4, kw - 4 * q)):
+                tap = tirx.Cast("int32", tirx.BufferLoad(w, [c, _i64(0), _i64(u), _i64(4 * q + j)]))
+                part = tirx.BitwiseAnd(tap, tirx.IntImm("int32", 255))
+                part = part if j == 0 else tirx.LShift(part, tirx.IntImm("int32", 8 * j))
+                word = part if word is None else tirx.BitwiseOr(word, part)
+            var = tirx.Var(f"w{u}_{q}", "int32")
+            stmts.append(tirx.Bind(var, word))
+            words[u, q] = tirx.reinterpret(f"int8x{4 * lanes}", tirx.Broadcast(var, lanes))
+    intrin = f"llvm.x86.avx512.vpdpbusd.{32 * lanes}"
+    # rows of output tiles: xt tiles per step (independent accumulator chains); the last
+    # tile starts at x0max (overlapping), a row narrower than a tile is one partial tile
+    ntiles = -(-wo // tile)
+    t, y = tirx.Var("t", "int64"), tirx.Var("y", "int64")
+    body = []
+    for k in range(xt):
+        x0 = Analyzer().simplify(tirx.Min((t * _i64(xt) + _i64(k)) * _i64(tile), _i64(x0max)))
+        accs = []
+        for p in range(phases):
+            vec = tirx.Broadcast(tirx.IntImm("int32", 0), lanes)
+            for u in range(kh):
+                for q in range(nq):
+                    base = x0 * _i64(sw) + _i64(sw * p + 4 * q)
+                    ramp = tirx.Ramp(base, _i64(1), 4 * lanes)
+                    data = tirx.BufferLoad(planes, [slot, y * _i64(sh) + _i64(u), ramp])
+                    data = tirx.reinterpret(f"int8x{4 * lanes}", data)
+                    vec = tirx.call_llvm_pure_intrin(f"int32x{lanes}", intrin, vec, data,
+                                                     words[u, q])  # fmt: skip
+            accs.append(tirx.Var(f"acc{k}_{p}", f"int32x{lanes}"))
+            body.append(tirx.Bind(accs[-1], vec))
+        count = min(tile, wo)  # this tile's outputs in column order, 16 per store
+        for start in range(0, count, 16):
+            m = min(16, count - start)
+            order = [((start + i) % phases) * lanes + (start + i) // phases for i in range(m)]
+            value = tirx.Shuffle(accs, [tirx.IntImm("int32", v) for v in order])
+            column = x0 + _i64(start)
+            index = [n, c, y, tirx.Ramp(column, _i64(1), m) if m > 1 else column]
+            body.append(tirx.BufferStore(acc, value, index))
+    steps = -(-ntiles // xt)
+    stmts.append(_for(y, info["h"], _for(t, steps, tirx.SeqStmt(body))))
+    return tirx.SeqStmt(stmts), planes
+
+
+TEMPLATES: tuple = (Int8Conv2d(), Int8Depthwise(), Int8Matmul())

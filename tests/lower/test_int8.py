@@ -46,13 +46,19 @@ def _model(nodes, inputs, outputs, inits) -> onnx.ModelProto:
 
 
 def run_int(
-    model: onnx.ModelProto, feeds: list[np.ndarray], tmp_path: Path, target="x86_64", choose=None
+    model: onnx.ModelProto,
+    feeds: list[np.ndarray],
+    tmp_path: Path,
+    target="x86_64",
+    choose=None,
+    fold_pad: bool = False,
 ):
-    """Compile with integer_only (nothing float left) and run: (output, quant, records)."""
+    """Compile with integer_only (nothing float left) and run: (output, quant, records).
+    ``fold_pad``: as ``edgec compile`` does (``conv_algos``' plan), the zero-point padding
+    inside the conv's function instead of a padded tensor from a kernel of its own."""
     quant: dict = {}
-    ex, records = lower.build(
-        model, _target(target), THREADS, integer_only=True, quant=quant, choose=choose
-    )
+    ex, records = lower.build(model, _target(target), THREADS, integer_only=True, quant=quant,
+                              choose=choose, conv_plan=[] if fold_pad else None)  # fmt: skip
     path = tmp_path / "model.so"
     lower.export(ex, path, _target(target))
     return lower.Runtime(path, THREADS).run(feeds)[0], quant, records
@@ -112,9 +118,24 @@ def _int8_template() -> str:
     return "int8_conv2d" if isa else "conv2d"
 
 
+def _depthwise_template(target: str = "x86_64") -> str:
+    """The template for int8 depthwise convolutions on ``target`` (AVX512-VNNI only)."""
+    from edgec.lower import int8
+
+    with __import__("tvm").target.Target(lower.target_json(_target(target), 1)):
+        isa = int8._isa()
+    return "int8_depthwise" if isa == "vnni" else "conv2d"
+
+
 @pytest.mark.parametrize("act", ["uint8", "int8"])
 @pytest.mark.parametrize("case", CONVS, ids=lambda c: "c{}f{}k{}s{}p{}g{}".format(*c[:6]))
 def test_conv_bit_exact(case, act, tmp_path, target="x86_64", choose=None):
+    conv_case(case, act, tmp_path, target, choose)
+
+
+def conv_case(case, act, tmp_path, target="x86_64", choose=None, fold_pad=False) -> list[dict]:
+    """One QDQ Conv (``case``: c, f, k, stride, pad, groups, hw), compiled integer-only and
+    bit-exact against the numpy reference; returns the kernel records of the convolution."""
     c, f, k, stride, pad, groups, hw = case
     rng = _rng("conv", case, act)
     x = _act(rng, (1, c, hw, hw), act)
@@ -147,7 +168,8 @@ def test_conv_bit_exact(case, act, tmp_path, target="x86_64", choose=None):
             "so": np.array(so, np.float32), "zo": np.array(zo, act),
         },
     )  # fmt: skip
-    got, quant, records = run_int(model, [x], tmp_path, target, choose)
+    folded = {"fold_pad": True} if fold_pad else {}
+    got, quant, records = run_int(model, [x], tmp_path, target, choose, **folded)
     # the same arithmetic in numpy: real multiplier sx * sw / so per output channel
     mult = np.float64(np.float32(sx)) * sw.astype(np.float64) / np.float64(np.float32(so))
     want = qdq.requantize_ref([(acc, mult.reshape(1, -1, 1, 1))], zo, act)
@@ -156,11 +178,23 @@ def test_conv_bit_exact(case, act, tmp_path, target="x86_64", choose=None):
     assert quant["integer_op_kinds"] == {"nn.conv2d": 1} and quant["float_ops"] == []
     conv = [r for r in records if "conv2d" in r["kernel"]]
     dense = groups == 1 and f % 8 == 0  # input channels are padded to a multiple of 4
-    assert conv[0]["template"] == (_int8_template() if dense else "conv2d"), conv
+    depthwise = groups == c == f
+    want = _int8_template() if dense else _depthwise_template(target) if depthwise else "conv2d"
+    assert conv[0]["template"] == want, conv
     # not trivially saturated: the test exercises the requantization
     assert len(np.unique(got)) > 20
     if k == 1 and stride > 1:  # the strided pixels are sliced out before the kernel's copy
         assert any("strided_slice" in r["kernel"] for r in records), records
+    return conv
+
+
+@pytest.mark.parametrize("act", ["uint8", "int8"])
+@pytest.mark.parametrize("case", [CONVS[i] for i in (0, 1, 5, 6)], ids=["k3s1", "k3s2", "dw", "c3"])
+def test_conv_folded_padding_bit_exact(case, act, tmp_path):
+    """The padding folded into the conv's function (how ``edgec compile`` lowers): the int8
+    templates' input copies fill the zero point themselves (a 3-channel stem's channel padding
+    too)."""
+    conv_case(case, act, tmp_path, fold_pad=True)
 
 
 @pytest.mark.parametrize("act", ["uint8", "int8"])
