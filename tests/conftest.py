@@ -25,6 +25,24 @@ def make_model(text: str, **initializers: np.ndarray) -> onnx.ModelProto:
     return model
 
 
+def node_model(nodes, name: str, inputs: dict, outputs: dict, inits: dict,
+               opset: int = 17) -> onnx.ModelProto:  # fmt: skip
+    """A float model from ONNX nodes: ``inputs``/``outputs`` map names to shapes, ``inits`` names
+    to arrays (the initializers)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    def info(values: dict) -> list:
+        return [
+            helper.make_tensor_value_info(k, TensorProto.FLOAT, list(v)) for k, v in values.items()
+        ]
+
+    arrays = [numpy_helper.from_array(v, k) for k, v in inits.items()]
+    graph = helper.make_graph(nodes, name, info(inputs), info(outputs), arrays)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 9
+    return model
+
+
 def conv_relu_model(dynamic_batch: bool = True) -> onnx.ModelProto:
     """Conv 3->8 (3x3, pad 1) + bias + Relu on 16x16 images."""
     rng = np.random.default_rng(RNG_SEED)

@@ -210,16 +210,8 @@ class Conv2dNhwc:
         xo, xi = sch.split(x, [None, xb])
         outer = [n, fo, y] if knobs["order"] == "fy" else [n, y, fo]
         sch.reorder(*outer, xo, xi, fi)
-        sch.compute_at(conv, xo)
-        inner = S._loops_below(sch, conv, xo)
-        tiled = sum(e > 1 for e in (xb, fb))
-        cx, cf = S._tile_loops(sch, inner[:tiled], (xb, fb))
-        reduction = inner[tiled:]
-        sch.reorder(*reduction, *(lp for lp in (cx, cf) if lp is not None))
-        if cf is not None:
-            sch.vectorize(cf)
-        if cx is not None:
-            sch.unroll(cx)
+        (cx, cf), reduction = S.tile_at(sch, conv, xo, (xb, fb))
+        S.vector_tile(sch, reduction, cx, cf)
         if pack:
             wb = sch.cache_read(conv, 1, "global")
             sch.transform_layout(wb, ("write", 0),

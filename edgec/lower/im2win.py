@@ -168,16 +168,8 @@ class PackedConv:
         xo, xi = sch.split(x, [None, xb])
         row = knobs["stage"] == "row"
         sch.reorder(*((n, y, fo) if row else (n, fo, y)), xo, fi, xi)
-        sch.compute_at(conv, xo)
-        inner = S._loops_below(sch, conv, xo)
-        tiled = sum(e > 1 for e in (fb, xb))
-        cf, cx = S._tile_loops(sch, inner[:tiled], (fb, xb))
-        reduction = inner[tiled:]
-        sch.reorder(*reduction, *(lp for lp in (cx, cf) if lp is not None))
-        if cf is not None:
-            sch.vectorize(cf)
-        if cx is not None:
-            sch.unroll(cx)
+        (cf, cx), reduction = S.tile_at(sch, conv, xo, (fb, xb))
+        S.vector_tile(sch, reduction, cx, cf)
         wb = sch.cache_read(conv, 1, "global")
         sch.transform_layout(wb, ("write", 0), lambda o, *rest: (o // fb, *rest, o % fb))
         sch.annotate(wb, "meta_schedule.layout_rewrite_preproc", True)

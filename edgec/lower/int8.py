@@ -157,11 +157,7 @@ class Int8Conv2d:
         if knobs.get("epi") == "x":  # epilogue vectorized along the row: contiguous stores
             sch.reorder(fvec, xi)
             fvec = xi
-        sch.compute_at(conv, xo)
-        inner = _sched()._loops_below(sch, conv, xo)
-        tiled = sum(e > 1 for e in (fk * FB, xb))
-        cf, cx = _sched()._tile_loops(sch, inner[:tiled], (fk * FB, xb))
-        reduction = inner[tiled:]
+        (cf, cx), reduction = _sched().tile_at(sch, conv, xo, (fk * FB, xb))
         if not reduction or int(sch.get(reduction[0]).extent) != info["cin"]:
             raise Decline("unexpected reduction loops")
         co, ci = sch.split(reduction[0], [None, CB])
@@ -298,13 +294,8 @@ class Int8Matmul:
                     xcopy = producer
                 else:
                     wcache = producer
-        if xcopy is None and anchor:
-            xcopy = sch.cache_read(mm, 0, "global")
-        for b in blocks[:anchor]:
-            sch.compute_inline(b["block"])
+        xcopy, wcache = operand_copies(sch, mm, blocks[:anchor], xcopy, wcache)
         # B: [.., N/FB, K/CB, FB * CB]: packed at compile time (a constant weight), else per call
-        if wcache is None:
-            wcache = sch.cache_read(mm, 1, "global")
         sch.transform_layout(
             wcache, ("write", 0),
             lambda *ix: (*ix[:-2], ix[-1] // FB, ix[-2] // CB, (ix[-1] % FB) * CB + ix[-2] % CB),
@@ -334,20 +325,40 @@ class Int8Matmul:
             epi = _sched()._loops_below(sch, out, tiles[-1])
             sch.vectorize(epi[-1])
         _sched()._parallel_outer(sch, [*batch, *tiles])
-        if xcopy is not None:  # rows in parallel, 64-byte vectors along k
-            *rows, kx = sch.get_loops(xcopy)
-            _sched()._parallel_outer(sch, rows)
-            extent = int(sch.get(kx).extent)
-            width = next((w for w in (64, 32, 16, 8, 4, 2) if extent % w == 0), 1)
-            if width > 1:
-                sch.vectorize(sch.split(kx, [None, width])[1])
-        init = sch.decompose_reduction(mm, ko)
-        update = sch.blockize(jf)
-        for lp in (ii, jm):
-            sch.unroll(lp)
-        sch.vectorize(sch.get_loops(init)[-1])
+        update = finish_matmul(sch, mm, xcopy, ko, jf, (ii, jm), (64, 32, 16, 8, 4, 2))
         _replace_body(sch, update, info["isa"])
         return sch.mod["main"]
+
+
+def operand_copies(sch: s_tir.Schedule, mm, producers: list[dict], xcopy, wcache) -> tuple:
+    """The matmul's x copy (kept from padding, else one when it has producers to inline) and
+    B's copy to re-lay-out (kept, else a cache read); the producers inlined into them."""
+    if xcopy is None and producers:
+        xcopy = sch.cache_read(mm, 0, "global")
+    for b in producers:
+        sch.compute_inline(b["block"])
+    if wcache is None:
+        wcache = sch.cache_read(mm, 1, "global")
+    return xcopy, wcache
+
+
+def finish_matmul(sch: s_tir.Schedule, mm, xcopy, ko, jf, unrolled, widths) -> object:
+    """The end of the dot-product matmul schedules (here and ``int8_arm``): x's copy, if any,
+    with rows in parallel and vectors of the first of ``widths`` bytes dividing K; the
+    accumulator's init split off at ``ko`` and vectorized; the micro-kernel's update blockized
+    at ``jf`` (returned: its body becomes the instruction) and the tile loops unrolled."""
+    if xcopy is not None:
+        *rows, kx = sch.get_loops(xcopy)
+        _sched()._parallel_outer(sch, rows)
+        width = next((w for w in widths if int(sch.get(kx).extent) % w == 0), 1)
+        if width > 1:
+            sch.vectorize(sch.split(kx, [None, width])[1])
+    init = sch.decompose_reduction(mm, ko)
+    update = sch.blockize(jf)
+    for lp in unrolled:
+        sch.unroll(lp)
+    sch.vectorize(sch.get_loops(init)[-1])
+    return update
 
 
 def _has_call(expr, name: str) -> bool:

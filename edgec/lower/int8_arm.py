@@ -26,7 +26,13 @@ from __future__ import annotations
 
 from tvm import s_tir, tirx
 
-from edgec.lower.int8 import _region, _vector_index, schedules_key
+from edgec.lower.int8 import (
+    _region,
+    _vector_index,
+    finish_matmul,
+    operand_copies,
+    schedules_key,
+)
 
 Knobs = dict
 
@@ -173,11 +179,7 @@ class Int8ConvSdot:
         if knobs.get("epi") == "x":  # epilogue vectorized along the row: contiguous stores
             sch.reorder(fi, xi)
             fvec = xi
-        sch.compute_at(conv, xo)
-        inner = S._loops_below(sch, conv, xo)
-        tiled = sum(e > 1 for e in (fb, xb))
-        cf, cx = S._tile_loops(sch, inner[:tiled], (fb, xb))
-        reduction = inner[tiled:]
+        (cf, cx), reduction = S.tile_at(sch, conv, xo, (fb, xb))
         if not reduction or int(sch.get(reduction[0]).extent) != info["cin"]:
             raise _sched().Decline("unexpected reduction loops")
         co, ci = sch.split(reduction[0], [None, STEP])
@@ -280,12 +282,7 @@ class Int8MatmulSdot:
                 written = sch.get(p).writes[0].source
                 xcopy = p if written.same_as(x_pad) else xcopy
                 wcache = p if written.same_as(w_pad) else wcache
-        if xcopy is None and anchor:
-            xcopy = sch.cache_read(mm, 0, "global")
-        for b in blocks[:anchor]:
-            sch.compute_inline(b["block"])
-        if wcache is None:
-            wcache = sch.cache_read(mm, 1, "global")
+        xcopy, wcache = operand_copies(sch, mm, blocks[:anchor], xcopy, wcache)
 
         def packed(*ix):  # [.., K, N] -> [.., N/fb, K/4, fb*4]
             k_, n_ = ix[-2], ix[-1]
@@ -307,17 +304,7 @@ class Int8MatmulSdot:
             sch.reverse_compute_at(out, io)
             sch.vectorize(S._loops_below(sch, out, io)[-1])
         S._parallel_outer(sch, [*batch, jo, io])
-        if xcopy is not None:
-            *rows, kx = sch.get_loops(xcopy)
-            S._parallel_outer(sch, rows)
-            width = next((w for w in (16, 8, 4) if int(sch.get(kx).extent) % w == 0), 1)
-            if width > 1:
-                sch.vectorize(sch.split(kx, [None, width])[1])
-        init = sch.decompose_reduction(mm, ko)
-        update = sch.blockize(jf)
-        for lp in (ii, jm):
-            sch.unroll(lp)
-        sch.vectorize(sch.get_loops(init)[-1])
+        update = finish_matmul(sch, mm, xcopy, ko, jf, (ii, jm), (16, 8, 4))
         x_buf = blocks[anchor]["reads"][0] if xcopy is None else sch.get(xcopy).writes[0].source
         _replace_body(sch, update, x_buf, sch.get(wcache).writes[0].source)
         return sch.mod["main"]

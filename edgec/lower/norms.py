@@ -154,10 +154,31 @@ def exact_exp(d):
     return T.exp(d)
 
 
-class Softmax:
+class _RowTemplate:
+    """Knobs shared by the row templates: ``vec`` lanes, ``parallel`` rows, and the template's
+    own algorithmic knob ``KNOB`` (one of ``VALUES``, the first the default)."""
+
+    name: str
+    KNOB: str
+    VALUES: tuple[str, ...]
+
+    def space(self, info: dict, lanes: int) -> list[Knobs]:
+        return _space(self.default(info, lanes), info, lanes, self.KNOB, self.VALUES)
+
+    def default(self, info: dict, lanes: int) -> Knobs:
+        return {"vec": lanes, self.KNOB: self.VALUES[0], "parallel": _parallel(info)}
+
+    def _check(self, knobs: Knobs) -> None:
+        if knobs.get(self.KNOB) not in self.VALUES:
+            raise _decline(f"{self.name} {self.KNOB} must be one of {self.VALUES}, "
+                           f"not {knobs.get(self.KNOB)!r}")  # fmt: skip
+
+
+class Softmax(_RowTemplate):
     """``softmax(x, axis=-1)``: row max, exponentials and their sum, scale by 1 / sum."""
 
     name = "softmax"
+    KNOB, VALUES = "exp", ("cache", "recompute")
 
     def match(self, func: tirx.PrimFunc) -> dict:
         sch = s_tir.Schedule(func)
@@ -179,15 +200,8 @@ class Softmax:
         rows, width = _row_shape(extents)
         return {"shape": extents, "rows": rows, "width": width, "exp": exp, "flops": 0}
 
-    def space(self, info: dict, lanes: int) -> list[Knobs]:
-        return _space(self.default(info, lanes), info, lanes, "exp", ("cache", "recompute"))
-
-    def default(self, info: dict, lanes: int) -> Knobs:
-        return {"vec": lanes, "exp": "cache", "parallel": _parallel(info)}
-
     def apply(self, func: tirx.PrimFunc, info: dict, knobs: Knobs) -> tirx.PrimFunc:
-        if knobs.get("exp") not in ("cache", "recompute"):
-            raise _decline(f"softmax exp must be cache or recompute, not {knobs.get('exp')!r}")
+        self._check(knobs)
         exp_of = fast_exp if info["exp"] == "fast" else exact_exp
         return softmax_func(
             info["shape"], int(knobs["vec"]), knobs["exp"] == "cache", exp_of,
@@ -281,11 +295,12 @@ def softmax_func(
     return kernel
 
 
-class LayerNorm:
+class LayerNorm(_RowTemplate):
     """``LayerNormalization`` over the last axis: mean, variance, ``(x - mean) * rsqrt(var +
     eps) [* gamma] [+ beta]``."""
 
     name = "layer_norm"
+    KNOB, VALUES = "var", ("two_pass", "one_pass")
 
     def match(self, func: tirx.PrimFunc) -> dict:
         sch = s_tir.Schedule(func)
@@ -312,15 +327,8 @@ class LayerNorm:
             "roles": [roles[i] for i in range(len(func.params))], "flops": 0,
         }  # fmt: skip
 
-    def space(self, info: dict, lanes: int) -> list[Knobs]:
-        return _space(self.default(info, lanes), info, lanes, "var", ("two_pass", "one_pass"))
-
-    def default(self, info: dict, lanes: int) -> Knobs:
-        return {"vec": lanes, "var": "two_pass", "parallel": _parallel(info)}
-
     def apply(self, func: tirx.PrimFunc, info: dict, knobs: Knobs) -> tirx.PrimFunc:
-        if knobs.get("var") not in ("two_pass", "one_pass"):
-            raise _decline(f"layer norm var must be two_pass or one_pass, not {knobs.get('var')!r}")
+        self._check(knobs)
         return layer_norm_func(
             info["shape"], info["roles"], info["eps"], int(knobs["vec"]),
             knobs["var"] == "one_pass", bool(knobs.get("parallel", True)),

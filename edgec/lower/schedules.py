@@ -191,29 +191,16 @@ class Conv2d:
         fo, fi = sch.split(f, [None, fb])
         xo, xi = sch.split(x, [None, xb])
         sch.reorder(n, fo, y, xo, fi, xi)
-        sch.compute_at(conv, xo)
-        # compute_at creates the tile's loops (extent-1 ones omitted), then the reductions follow
-        inner = _loops_below(sch, conv, xo)
-        tiled = sum(e > 1 for e in (fb, xb))
-        cf, cx = _tile_loops(sch, inner[:tiled], (fb, xb))
-        reduction = inner[tiled:]
+        (cf, cx), reduction = tile_at(sch, conv, xo, (fb, xb))
         if knobs["vec"] == "f":
-            sch.reorder(*reduction, *(lp for lp in (cx, cf) if lp is not None))
-            if cf is not None:
-                sch.vectorize(cf)
-            if cx is not None:
-                sch.unroll(cx)
+            vector_tile(sch, reduction, cx, cf)
             wb = sch.cache_read(conv, 1, "global")
             sch.transform_layout(wb, ("write", 0),
                                  lambda o, c, u, v: (o // fb, c, u, v, o % fb))  # fmt: skip
             sch.annotate(wb, "meta_schedule.layout_rewrite_preproc", True)
             sch.vectorize(fi) if fb > 1 else None
         else:
-            sch.reorder(*reduction, *(lp for lp in (cf, cx) if lp is not None))
-            if cx is not None:
-                sch.vectorize(cx)
-            if cf is not None:
-                sch.unroll(cf)
+            vector_tile(sch, reduction, cf, cx)
             sch.vectorize(xi)
         _parallel_outer(sch, [n, fo, y])
         if reduction:
@@ -287,11 +274,7 @@ class Matmul:
         io, ii = sch.split(i, [None, mb])
         jo, ji = sch.split(j, [None, nb])
         sch.reorder(*batch, jo, io, ii, ji)
-        sch.compute_at(mm, io)
-        inner = _loops_below(sch, mm, io)
-        tiled = sum(e > 1 for e in (mb, nb))
-        ci, cj = _tile_loops(sch, inner[:tiled], (mb, nb))
-        ks = inner[tiled:]  # empty when K = 1 (compute_at drops extent-1 loops)
+        (ci, cj), ks = tile_at(sch, mm, io, (mb, nb))  # ks empty when K = 1 (extent-1 dropped)
         ko, ki = sch.split(ks[0], [None, kb]) if ks else (None, None)
         sch.reorder(*(lp for lp in (ko, ki, ci, cj) if lp is not None))
         if cj is not None:
@@ -392,6 +375,25 @@ def _prod(values) -> int:
     for v in values:
         out *= int(v)
     return out
+
+
+def tile_at(sch: s_tir.Schedule, block, loop, extents: tuple[int, ...]) -> tuple[list, list]:
+    """``block`` computed at ``loop`` (the tile's outer loop): its tile loops, one per extent in
+    block-variable order (None for an extent of 1), and the reduction loops below them."""
+    sch.compute_at(block, loop)
+    inner = _loops_below(sch, block, loop)
+    tiled = sum(e > 1 for e in extents)
+    return _tile_loops(sch, inner[:tiled], extents), inner[tiled:]
+
+
+def vector_tile(sch: s_tir.Schedule, reduction: list, unrolled, vector) -> None:
+    """The register tile of a micro-kernel: the reduction loops outermost, then the ``unrolled``
+    tile loop, the ``vector`` one innermost (either may be None: an extent of 1)."""
+    sch.reorder(*reduction, *(lp for lp in (unrolled, vector) if lp is not None))
+    if vector is not None:
+        sch.vectorize(vector)
+    if unrolled is not None:
+        sch.unroll(unrolled)
 
 
 def _tile_loops(sch: s_tir.Schedule, spatial: list, extents: tuple[int, ...]) -> list:

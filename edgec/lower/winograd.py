@@ -225,16 +225,8 @@ class Winograd:
         po, pi = sch.split(p, [None, pb])
         ko2, ki2 = sch.split(kk, [None, kb])
         sch.reorder(e, v, ko2, po, pi, ki2)
-        sch.compute_at(gemm, po)
-        inner = S._loops_below(sch, gemm, po)
-        tiled = sum(x > 1 for x in (pb, kb))
-        cp, ck = S._tile_loops(sch, inner[:tiled], (pb, kb))
-        red = inner[tiled:]
-        sch.reorder(*red, *(lp for lp in (cp, ck) if lp is not None))
-        if ck is not None:
-            sch.vectorize(ck)
-        if cp is not None:
-            sch.unroll(cp)
+        (cp, ck), red = S.tile_at(sch, gemm, po, (pb, kb))
+        S.vector_tile(sch, red, cp, ck)
         ub = sch.cache_read(gemm, 1, "global")
         sch.transform_layout(ub, ("write", 0), lambda a, b, c, k_: (a, b, k_ // kb, c, k_ % kb))
         sch.annotate(ub, "meta_schedule.layout_rewrite_preproc", True)

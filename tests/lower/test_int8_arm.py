@@ -88,11 +88,8 @@ def test_conv_sdot_every_tile_bit_exact(tmp_path, on_arm64, monkeypatch):
     assert len(on_arm64) == len(tiles) + 1 and min(on_arm64) > 0
 
 
-@needs_qemu
-@pytest.mark.parametrize("act", ["uint8", "int8"])
-def test_no_dotprod_declines_and_stays_exact(act, tmp_path, on_arm64, monkeypatch):
-    """Generic arm64 (no +dotprod): the template declines with its reason; the generic integer
-    schedule is bit-exact and has no sdot."""
+def kept_records(monkeypatch) -> list:
+    """The kernel records of every ``test_int8.run_int`` call from now on (appended)."""
     records: list = []
     real = test_int8.run_int
 
@@ -102,6 +99,15 @@ def test_no_dotprod_declines_and_stays_exact(act, tmp_path, on_arm64, monkeypatc
         return out
 
     monkeypatch.setattr(test_int8, "run_int", keep)
+    return records
+
+
+@needs_qemu
+@pytest.mark.parametrize("act", ["uint8", "int8"])
+def test_no_dotprod_declines_and_stays_exact(act, tmp_path, on_arm64, monkeypatch):
+    """Generic arm64 (no +dotprod): the template declines with its reason; the generic integer
+    schedule is bit-exact and has no sdot."""
+    records = kept_records(monkeypatch)
     monkeypatch.setattr(test_int8, "_int8_template", lambda: "conv2d")
     test_int8.test_conv_bit_exact(test_int8.CONVS[0], act, tmp_path, target="arm64")
     (conv,) = [r for r in records if "conv2d" in r["kernel"]]
@@ -226,15 +232,7 @@ def test_matmul_sdot_every_tile_bit_exact(tmp_path, on_arm64):
 def test_matmul_activations_sdot_bit_exact(types, tmp_path, on_arm64, monkeypatch):
     """Attention-style matmuls of two activations (B transposed, N = 9 and K = 16: B packed per
     call with N padded) on sdot: both operands int8, bit-exact with the numpy reference."""
-    records: list = []
-    real = test_int8.run_int
-
-    def keep(*args, **kw):
-        out = real(*args, **kw)
-        records.extend(out[2])
-        return out
-
-    monkeypatch.setattr(test_int8, "run_int", keep)
+    records = kept_records(monkeypatch)
     spaces: list = []
 
     def first(name, info, space, default):

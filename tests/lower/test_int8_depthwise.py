@@ -15,11 +15,11 @@ import json
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper
 
 from edgec import api, targets, verify
 from edgec.quant import quantize_qdq
-from tests.conftest import RNG_SEED
+from tests.conftest import RNG_SEED, node_model
 from tests.lower import test_int8
 from tests.lower.test_int8_e2e import _quantum
 
@@ -120,15 +120,7 @@ def mobilenet_block() -> onnx.ModelProto:
     inits["wf"] = rng.standard_normal((10, 16)).astype(np.float32) * 0.3
     inits["bf"] = np.zeros(10, np.float32)
     nodes.append(helper.make_node("Gemm", ["f", "wf", "bf"], ["y"], transB=1))
-    graph = helper.make_graph(
-        nodes, "mobilenet_block",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
-        [numpy_helper.from_array(v, k) for k, v in inits.items()],
-    )  # fmt: skip
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 9
-    return model
+    return node_model(nodes, "mobilenet_block", {"x": (1, 3, 32, 32)}, {"y": (1, 10)}, inits)
 
 
 def quantized_block(directory, activation: str):

@@ -17,7 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgec import api, verify
 from edgec.quant import quantize_qdq
-from tests.conftest import RNG_SEED
+from tests.conftest import RNG_SEED, node_model
 
 SHAPE = (1, 8, 16, 16)
 
@@ -50,15 +50,7 @@ def small_cnn() -> onnx.ModelProto:
         helper.make_node("Flatten", ["g"], ["fl"]),
         helper.make_node("Gemm", ["fl", "wf", "bf"], ["y"], transB=1),
     ]
-    graph = helper.make_graph(
-        nodes, "small_cnn",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(SHAPE))],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
-        [numpy_helper.from_array(v, k) for k, v in inits.items()],
-    )  # fmt: skip
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 9
-    return model
+    return node_model(nodes, "small_cnn", {"x": SHAPE}, {"y": (1, 10)}, inits)
 
 
 def quantize(model: onnx.ModelProto, path, activation: str) -> onnx.ModelProto:
