@@ -366,11 +366,7 @@ class Search:
                              f"variant(s) not timed")  # fmt: skip
                     break
                 try:
-                    now = time.perf_counter()
-                    self._time(w, w.task.default, self._measure_module())
-                    self.candidates_tried += 1
-                    self._cost[0] += time.perf_counter() - now
-                    self._cost[1] += 1
+                    self._try(w, w.task.default, self._measure_module())
                 except KeyboardInterrupt:
                     self.interrupted = True
                     break
@@ -571,10 +567,7 @@ class Search:
                     over_budget = now + self.avg_cost > deadline
                     if (count >= 2 and over_share) or (count >= 1 and over_budget):
                         break
-                    fresh.append(self._time(w, knobs, measure))
-                    self.candidates_tried += 1
-                    self._cost[0] += time.perf_counter() - now
-                    self._cost[1] += 1
+                    fresh.append(self._try(w, knobs, measure))
                 if self.mode == "full" and not w.refined and not w.todo():
                     fresh.extend(self._refine(w, measure))
                     w.refined = True
@@ -586,6 +579,15 @@ class Search:
                 self._measured.add(w.key)
             if db is not None and (fresh or w.best is not None):
                 self._store(db, w, fresh)
+
+    def _try(self, w: _Workload, knobs: dict, measure) -> dict:
+        """``_time`` of one candidate of the first pass, counted in ``avg_cost``."""
+        now = time.perf_counter()
+        result = self._time(w, knobs, measure)
+        self.candidates_tried += 1
+        self._cost[0] += time.perf_counter() - now
+        self._cost[1] += 1
+        return result
 
     def _time(self, w: _Workload, knobs: dict, measure, repeat: int | None = None) -> dict:
         kw = {"repeat": repeat} if repeat else {}

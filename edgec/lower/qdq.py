@@ -447,6 +447,11 @@ class _Rewriter:
         shifted = self._emit(R.add(self._emit(R.astype(x.data, "int32")), self._c(128, "int32")))
         return self._emit(R.astype(shifted, "uint8")), x.zp_scalar + 128
 
+    def _as_dot(self, x: QTensor, dense: bool = True) -> tuple[object, int]:
+        """The activation operand of a dot-product kernel: int8 on sdot targets
+        (``signed_conv``; grouped convs excepted: no sdot template), else uint8."""
+        return self._as_s8(x) if self.signed_conv and dense else self._as_u8(x)
+
     def _as_s8(self, x: QTensor) -> tuple[object, int]:
         """The activation as int8 and its zero point (uint8 - 128: the same real values)."""
         if x.dtype == "int8":
@@ -718,8 +723,7 @@ class _Rewriter:
         w_scale = np.broadcast_to(w.scale.reshape(-1), (channels,))
         acc_scale = x.scale_scalar * w_scale
         bias_int = self._bias(bias, channels, acc_scale)
-        signed = self.signed_conv and int(a.groups) == 1  # int8 x int8 for sdot
-        data, zx = self._as_s8(x) if signed else self._as_u8(x)
+        data, zx = self._as_dot(x, dense=int(a.groups) == 1)
         padding = [int(p) for p in a.padding]
         wq = w.data
         extra = -wq.shape[1] % CHANNEL_GROUP if int(a.groups) == 1 else 0
@@ -780,7 +784,7 @@ class _Rewriter:
         qa, bexpr = self._qin(mm.args[0]), self._value(mm.args[1])
         transposed = self._op(bexpr) == "relax.permute_dims"
         qb = self._qin(bexpr.args[0] if transposed else mm.args[1])
-        a, za = self._as_s8(qa) if self.signed_conv else self._as_u8(qa)  # s8 x s8: sdot
+        a, za = self._as_dot(qa)
         b, zb = self._as_s8(qb)
         d = -zb
         if transposed:
@@ -828,7 +832,7 @@ class _Rewriter:
             raise Decline("weight quantized per input channel")
         acc_scale = x.scale_scalar * w_scale
         bias_int = self._bias(bias, n, acc_scale)
-        data, zx = self._as_s8(x) if self.signed_conv else self._as_u8(x)  # s8 for sdot
+        data, zx = self._as_dot(x)
         acc = self._emit(self.R.matmul(data, self.relax.const(np.ascontiguousarray(wq)),
                                        out_dtype="int32"))  # fmt: skip
         offset = bias_int - zx * wq.astype(np.int64).sum(axis=0)
