@@ -412,11 +412,11 @@ def _templates() -> tuple:
     # block name: Conv2d would also match an im2win/im2col reduction.
     # The I-ViT kernels (opaque, hand-written: their template regenerates them) come first.
     # NHWC convs (layout="nhwc") match by block name, before Conv2d (NCHW) would take them.
-    from edgec.lower import conv_nhwc, im2col, im2win, int8_arm, ivit, norms, winograd
+    from edgec.lower import conv_nhwc, im2col, im2win, int8_arm, ivit, norms, pool, winograd
 
     return (ivit.TEMPLATE, *int8.TEMPLATES, *int8_arm.TEMPLATES, im2win.TEMPLATE,
             im2col.TEMPLATE, winograd.TEMPLATE, conv_nhwc.TEMPLATE, Conv2d(), Matmul(),
-            *norms.TEMPLATES,
+            *norms.TEMPLATES, pool.TEMPLATE,
             Generic())  # fmt: skip
 
 

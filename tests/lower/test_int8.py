@@ -206,7 +206,8 @@ def test_conv_avx2_bit_exact(case, act, tmp_path, monkeypatch):
 
 
 def test_conv_every_candidate_bit_exact(tmp_path):
-    """Every knob set of int8_conv2d's search space (tile width, 1 or 2 channel blocks)."""
+    """Every knob set of int8_conv2d's search space (tile width, 1 or 2 channel blocks, threads
+    over output rows or channel blocks)."""
     from edgec.lower import int8
 
     with __import__("tvm").target.Target(lower.target_json(_target(), 1)):
@@ -222,10 +223,25 @@ def test_conv_every_candidate_bit_exact(tmp_path):
     test_conv_bit_exact(CONVS[1], "uint8", tmp_path, choose=first)
     space = spaces[0]
     assert len(space) >= 2 and {k["fk"] for k in space} == {1, 2}
+    assert {k["par"] for k in space} == {"y", "f"}  # threads split rows or channel blocks
     for i, knobs in enumerate(space[1:]):
         (tmp_path / str(i)).mkdir()
         pick = lambda n, info, sp, d, k=knobs: k if "fk" in d else d  # noqa: E731
         test_conv_bit_exact(CONVS[1], "uint8", tmp_path / str(i), choose=pick)
+
+
+@pytest.mark.parametrize(
+    "f, c, hw, k, par",
+    [(64, 64, 56, 3, "y"), (128, 128, 28, 3, "y"), (256, 256, 14, 3, "y"), (512, 512, 7, 3, "f"),
+     (512, 256, 7, 1, "y"), (64, 4, 112, 7, "y")],
+)  # fmt: skip
+def test_conv_threads_split_rows_where_the_input_outweighs_the_weights(f, c, hw, k, par):
+    """ResNet-18's layers: rows (each thread repacks the rows it reads) up to layer 3, output
+    channel blocks (each thread reads half of the weights) for layer 4's 3x3 convs."""
+    from edgec.lower import int8
+
+    info = {"f": f, "cin": c, "h": hw, "w": hw, "kh": k, "kw": k, "isa": "vnni"}
+    assert int8.Int8Conv2d().default(info, 16)["par"] == par
 
 
 MATMULS = [(1, 64, 10, "gemm"), (7, 96, 48, "gemm"), (16, 32, 64, "matmul"), (5, 30, 17, "matmul")]

@@ -504,7 +504,8 @@ GENERIC_CASES = {
     ),
 }
 GENERIC_BUGS: dict[str, tuple[type[BaseException], str]] = {}
-NORMS = {"softmax-last-axis": "softmax", "layernorm": "layer_norm"}  # edgec.lower.norms now
+# cases a dedicated template now takes (edgec.lower.norms, edgec.lower.pool)
+NORMS = {"softmax-last-axis": "softmax", "layernorm": "layer_norm", "maxpool-k3s2p1": "max_pool"}
 
 
 @pytest.mark.parametrize("name", params(GENERIC_CASES, GENERIC_BUGS))
