@@ -460,7 +460,7 @@ def test_add_pool_concat_bit_exact(tmp_path):
     f32 = {k: np.float64(np.float32(v)) for k, v in p.items() if k[0] == "s"}
     ai, bi = a.astype(np.int64) - p["za"], b.astype(np.int64) - p["zb"]
     s = qdq.requantize_ref([(ai, f32["sa"] / f32["ss"]), (bi, f32["sb"] / f32["ss"])], p["zs"],
-                           "uint8")  # fmt: skip
+                           "uint8", bounds=(255, 255))  # fmt: skip
     r = np.maximum(s, p["zs"])
     m = r.reshape(1, 8, 3, 2, 3, 2).max(axis=(3, 5))
     total = m.astype(np.int64).sum(axis=(2, 3), keepdims=True) - 9 * p["zs"]
@@ -470,6 +470,64 @@ def test_add_pool_concat_bit_exact(tmp_path):
     np.testing.assert_array_equal(got, np.concatenate([g, bpart], axis=1))
     assert quant["float_ops"] == []
     assert {"add", "nn.relu", "nn.max_pool2d", "mean", "concat"} <= set(quant["integer_op_kinds"])
+
+
+@pytest.mark.parametrize(("ratios", "zps", "dtype"), [
+    ((0.9, 0.7), (0, 255, 3), "uint8"),  # n < 32: multipliers near one
+    ((1e-3, 0.02), (255, 0, 250), "uint8"),  # n large: the rounding term dominates
+    ((0.5, 0.5), (-128, 127, 0), "int8"),
+])  # fmt: skip
+def test_add_requantizes_in_int32_at_the_extremes(ratios, zps, dtype, tmp_path, monkeypatch):
+    """A residual add of two 8-bit tensors runs in int32 (multipliers of 22 bits or fewer, so
+    ``2 * 255 * M + 2**(n-1) < 2**31``) and stays bit-exact with the reference at the codes'
+    extremes (every pair of 0/255 or -128/127 with the zero points at the other end)."""
+    lo, hi = qdq.QRANGE[dtype]
+    codes = np.array([lo, hi, lo + 1, hi - 1, (lo + hi) // 2], np.int64)
+    a = np.repeat(codes, len(codes)).reshape(1, 1, 5, 5).astype(dtype)
+    b = np.tile(codes, len(codes)).reshape(1, 1, 5, 5).astype(dtype)
+    so = 0.05
+    p = {"sa": ratios[0] * so, "sb": ratios[1] * so, "so": so}
+    inits = {k: np.array(v, np.float32) for k, v in p.items()}
+    inits |= {f"z{k}": np.array(z, dtype) for k, z in zip("abo", zps, strict=True)}
+    nodes = [
+        helper.make_node("DequantizeLinear", ["a", "sa", "za"], ["af"]),
+        helper.make_node("DequantizeLinear", ["b", "sb", "zb"], ["bf"]),
+        helper.make_node("Add", ["af", "bf"], ["s"]),
+        helper.make_node("QuantizeLinear", ["s", "so", "zo"], ["y"]),
+    ]
+    model = _model(
+        nodes,
+        [helper.make_tensor_value_info(n, NP2ONNX[dtype], [1, 1, 5, 5]) for n in "ab"],
+        [helper.make_tensor_value_info("y", NP2ONNX[dtype], [1, 1, 5, 5])],
+        inits,
+    )
+    lowered, original = [], qdq.lower
+
+    def keep(*args, **kwargs):
+        lowered.append(original(*args, **kwargs))
+        return lowered[-1]
+
+    monkeypatch.setattr(qdq, "lower", keep)
+    got, quant, _ = run_int(model, [a, b], tmp_path)
+    assert "int64" not in lowered[0]["main"].script()
+    f32 = {k: np.float64(np.float32(v)) for k, v in p.items()}
+    reals = [np.array(f32["sa"] / f32["so"]), np.array(f32["sb"] / f32["so"])]
+    ms, n, narrow = qdq.requant_multipliers(reals, (255, 255))
+    assert narrow and max(abs(int(m)) for m in ms) < 2**qdq.NARROW_BITS
+    assert 2 * 255 * max(abs(int(m)) for m in ms) + 2 ** (int(n) - 1) < 2**31
+    terms = [(a.astype(np.int64) - zps[0], reals[0]), (b.astype(np.int64) - zps[1], reals[1])]
+    np.testing.assert_array_equal(got, qdq.requantize_ref(terms, zps[2], dtype, bounds=(255, 255)))
+    assert quant["integer_op_kinds"] == {"add": 1}
+
+
+def test_requant_multipliers_fall_back_to_int64():
+    """Terms too wide for int32 (a 16-bit constant, an unbounded accumulator) keep 31-bit
+    multipliers in int64."""
+    reals = [np.array(0.01), np.array(0.3)]
+    _, _, narrow = qdq.requant_multipliers(reals, (255, 40000))
+    ms, n, wide_unbounded = qdq.requant_multipliers(reals)
+    assert not narrow and not wide_unbounded
+    assert 2**30 <= max(abs(int(m)) for m in ms) < 2**31
 
 
 def test_requantize_edge_cases():
