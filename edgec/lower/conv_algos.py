@@ -298,10 +298,12 @@ def _fold_pad(mutator, data, spec: ConvSpec):
     """An integer conv without padding that reads ``nn.pad(x)`` (spatial, constant: how
     ``qdq`` pads with the zero point): ``(x, spec with those pads and that value)``, else None.
     The padding then goes into the conv's own function (im2win's window copy, the direct
-    kernels' input copy): no padded tensor between kernels."""
+    kernels' input copy): no padded tensor between kernels. Not for a thin dense input
+    (C % 4, e.g. an RGB stem): ``int8_conv2d`` reads its words of 4 taps from the padded
+    tensor as it is."""
     import tvm
 
-    if not spec.integer or any(spec.pads):
+    if not spec.integer or any(spec.pads) or (spec.groups == 1 and spec.cin % 4):
         return None
     pad = mutator.lookup_binding(data) if isinstance(data, tvm.relax.Var) else None
     if not (isinstance(pad, tvm.relax.Call) and getattr(pad.op, "name", "") == "relax.nn.pad"):

@@ -10,7 +10,10 @@ input channels:
 * weights packed at compile time to ``[F/16, C/4, KH, KW, 16*4]`` (``layout_rewrite_preproc``);
 * the input (padding, zero point and the +128 shift inlined) copied per call to
   ``[N, C/4, H, W, 4]`` so the 4 channels of a pixel are one 32-bit word (``_repack_rows``:
-  channel rows interleaved 16 pixels at a time);
+  channel rows interleaved 16 pixels at a time); a thin input (C % 4, e.g. an RGB stem, its
+  taps padded to a multiple of 4 by ``qdq``) is read as it is, NCHW and padded, each word
+  4 consecutive taps of a row (weights ``[F/16, C, KH, KW/4, 16*4]``): ResNet's 3-channel
+  7x7 stem runs 3 * 7 * 2 words per output instead of 7 * 7 (3 channels padded to 4);
 * the accumulator tile as ``[.., 16]`` (16 int32 lanes), ``xb`` output columns kept in registers;
   the requantization epilogue reads the tile and writes the NCHW output row-wise (``epi="x"``,
   contiguous stores) or channel-wise (strided stores);
@@ -104,9 +107,10 @@ class Int8Conv2d:
         if isa == "vnni" and info["f"] % 16:
             isa = "vnni8"
         fb, cb = MICRO[isa]
-        if channels % cb or info["f"] % fb:
+        taps = bool(channels % cb) and info["kw"] % cb == 0  # words of cb taps of a row
+        if (channels % cb and not taps) or info["f"] % fb:
             raise Decline(f"C={channels} not a multiple of {cb} or F={info['f']} of {fb}")
-        info.update(isa=isa, cin=channels)
+        info.update(isa=isa, cin=channels, taps=taps)
         return info
 
     def space(self, info: dict, lanes: int) -> list[Knobs]:
@@ -138,17 +142,28 @@ class Int8Conv2d:
         sch = s_tir.Schedule(func)
         blocks = _sched()._blocks(sch)
         conv = blocks[info["anchor"]]["block"]
-        # input: padding and shifts inlined into one copy, channel groups of 4 innermost
-        xcache = sch.cache_read(conv, 0, "global")
-        for b in blocks[: info["anchor"]]:
-            sch.compute_inline(b["block"])
-        sch.transform_layout(xcache, ("write", 0),
-                             lambda n, c, h, w: (n, c // CB, h, w, c % CB))  # fmt: skip
-        # weights: [F/16, C/4, KH, KW, 16 * 4], packed at compile time
+        taps = info.get("taps", False)  # words of CB taps of an input row (thin stems)
+        xcache = None
+        if not taps:  # input: padding and shifts inlined into one copy, channel groups of 4
+            xcache = sch.cache_read(conv, 0, "global")
+            for b in blocks[: info["anchor"]]:
+                sch.compute_inline(b["block"])
+            sch.transform_layout(xcache, ("write", 0),
+                                 lambda n, c, h, w: (n, c // CB, h, w, c % CB))  # fmt: skip
+        else:  # the padded input read as it is: only plain copies (topi's pad_temp) inlined
+            for b in blocks[: info["anchor"]]:
+                if isinstance(sch.get(b["block"]).body.value, tirx.Select) or _has_call(
+                    sch.get(b["block"]).body.value, "prim.if_then_else"
+                ):
+                    raise Decline("taps: padding inside the kernel (pad the input first)")
+                sch.compute_inline(b["block"])
+        # weights: [F/16, C/4, KH, KW, 16 * 4] (taps: [F/16, C, KH, KW/4, 16 * 4]), packed at
+        # compile time
         wcache = sch.cache_read(conv, 1, "global")
         sch.transform_layout(
             wcache, ("write", 0),
-            lambda f, c, u, v: (f // FB, c // CB, u, v, (f % FB) * CB + c % CB),
+            (lambda f, c, u, v: (f // FB, c, u, v // CB, (f % FB) * CB + v % CB)) if taps else
+            (lambda f, c, u, v: (f // FB, c // CB, u, v, (f % FB) * CB + c % CB)),
         )  # fmt: skip
         sch.annotate(wcache, "meta_schedule.layout_rewrite_preproc", True)
         if info["anchor"] == len(blocks) - 1:
@@ -169,16 +184,23 @@ class Int8Conv2d:
             sch.reorder(fvec, xi)
             fvec = xi
         (cf, cx), reduction = _sched().tile_at(sch, conv, xo, (fk * FB, xb))
-        if not reduction or int(sch.get(reduction[0]).extent) != info["cin"]:
+        last = -1 if taps else 0  # the loop split into words: kw (taps) or c
+        if not reduction or int(sch.get(reduction[last]).extent) != info["kw" if taps else "cin"]:
             raise Decline("unexpected reduction loops")
-        co, ci = sch.split(reduction[0], [None, CB])
         cfo, cfi = sch.split(cf, [fk, FB]) if fk > 1 else (None, cf)
-        sch.reorder(co, *reduction[1:], *(lp for lp in (cx, cfo) if lp is not None), cfi, ci)
+        unrolled = [lp for lp in (cx, cfo) if lp is not None]
+        if taps:  # (c, kh, kw/4) steps over words of 4 taps (unit c, kh loops are gone)
+            wo, wi = sch.split(reduction[-1], [None, CB])
+            first = reduction[0] if len(reduction) > 1 else wo
+            sch.reorder(*reduction[:-1], wo, *unrolled, cfi, wi)
+        else:
+            first, ci = sch.split(reduction[0], [None, CB])
+            sch.reorder(first, *reduction[1:], *unrolled, cfi, ci)
         sch.vectorize(fvec)
         _sched()._parallel_outer(sch, [n, y, fo] if rows_outer else [n, fo, y])
-        if not _repack_rows(sch, xcache, CB, rows_outer):
+        if xcache is not None and not _repack_rows(sch, xcache, CB, rows_outer):
             _sched()._parallel_outer(sch, sch.get_loops(xcache)[:-1])
-        init = sch.decompose_reduction(conv, co)
+        init = sch.decompose_reduction(conv, first)
         update = sch.blockize(cfi)
         for lp in (cx, cfo):
             if lp is not None:

@@ -5,7 +5,8 @@ fake quantization: ``dequantize -> float conv -> quantize``. ``lower_qdq`` rewri
 ``quantize`` whose producer has an integer form into integer ops on the quantized tensors:
 
 * conv2d / matmul (Gemm) with constant int8 weights (zero point 0, per-channel or per-tensor
-  scale): the activation (uint8, or int8 moved to uint8 by +128) padded with its zero point,
+  scale): the activation (uint8, or int8 moved to uint8 by +128) padded with its zero point
+  (and its channels to a multiple of 4, or, where fewer MACs, a thin input's row of taps),
   uint8 x int8 -> int32 accumulation, then ``acc - zx * sum(w) + bias`` with the bias in int32
   (``signed_conv``, arm64 sdot targets: dense convs and matmuls take the activations as
   int8, uint8 ones moved by -128, for ``edgec.lower.int8_arm``: int8 x int8, the same integer
@@ -748,7 +749,16 @@ class _Rewriter:
         padding = [int(p) for p in a.padding]
         wq = w.data
         extra = -wq.shape[1] % CHANNEL_GROUP if int(a.groups) == 1 else 0
-        if extra:  # zero weights on zero-point channels: the dot-product kernels take C % 4 == 0
+        taps = -wq.shape[3] % CHANNEL_GROUP
+        if (
+            extra
+            and not self.signed_conv
+            and wq.shape[1] * (wq.shape[3] + taps) < (wq.shape[1] + extra) * wq.shape[3]
+        ):  # e.g. a 3-channel 7x7 stem: words of 4 taps of a row, not 4 channels
+            wq = np.pad(wq, [(0, 0), (0, 0), (0, 0), (0, taps)])  # zero taps on the right
+            padding[3] += taps  # (reading zero-point columns: the output width is unchanged)
+            extra = 0
+        elif extra:  # zero weights on zero-point channels: the dot-product kernels take C % 4 == 0
             wq = np.pad(wq, [(0, 0), (0, extra), (0, 0), (0, 0)])
         if any(padding) or extra:
             data = self._pad(data, padding, zx, extra)

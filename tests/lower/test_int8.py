@@ -106,6 +106,9 @@ CONVS = [  # c, f, k, stride, pad, groups, hw
     (3, 16, 3, 2, 1, 1, 12),  # stem-like: 3 input channels
     (64, 16, 3, 1, 0, 1, 6),
     (16, 24, 1, 1, 0, 1, 8),  # F = 24: the 8-channel micro-kernel
+    (3, 16, 7, 2, 3, 1, 17),  # ResNet's stem: words of 4 taps of a row (kw 7 -> 8)
+    (1, 16, 3, 1, 1, 1, 10),  # one channel (grayscale): taps
+    (2, 32, 5, 1, 2, 1, 9),  # kw 5 -> 8 taps
 ]
 
 
@@ -197,17 +200,35 @@ def test_conv_folded_padding_bit_exact(case, act, tmp_path):
     conv_case(case, act, tmp_path, fold_pad=True)
 
 
+def test_thin_input_conv_reads_words_of_taps(tmp_path):
+    """A dense conv on fewer than 4 channels whose row of taps pads to fewer MACs than its
+    channels (C * ceil4(KW) < ceil4(C) * KW: ResNet's 3-channel 7x7 stem, a 1-channel 3x3):
+    ``int8_conv2d`` takes words of 4 consecutive taps of an input row (zero weights on the
+    padded taps), read from the padded input as it is; a 3-channel 3x3 stem keeps its channels
+    padded to 4 (12 MACs either way)."""
+    for case, (c, kw) in ((CONVS[9], (3, 8)), (CONVS[10], (1, 4)), (CONVS[11], (2, 8)),
+                          (CONVS[6], (4, 3))):  # fmt: skip
+        (tmp_path / str(case)).mkdir()
+        conv = conv_case(case, "uint8", tmp_path / str(case))
+        _, f, k, stride, pad, _, hw = case
+        out = (hw + 2 * pad - k) // stride + 1
+        assert conv[0]["flops"] == 2 * f * out * out * c * k * kw, conv  # the MACs it runs
+
+
 @pytest.mark.parametrize("act", ["uint8", "int8"])
-@pytest.mark.parametrize("case", [CONVS[0], CONVS[1], CONVS[3]], ids=["k3s1", "k3s2", "k1s2"])
+@pytest.mark.parametrize(
+    "case", [CONVS[0], CONVS[1], CONVS[3], CONVS[9]], ids=["k3s1", "k3s2", "k1s2", "taps"]
+)
 def test_conv_avx2_bit_exact(case, act, tmp_path, monkeypatch):
     """The x86_64-avx2 target: the vpmaddwd micro-kernel (this CPU runs AVX2 code)."""
     monkeypatch.setattr(__name__ + "._int8_template", lambda: "int8_conv2d")
     test_conv_bit_exact(case, act, tmp_path, target="x86_64-avx2")
 
 
-def test_conv_every_candidate_bit_exact(tmp_path):
+@pytest.mark.parametrize("case", [CONVS[1], CONVS[9]], ids=["k3s2", "taps"])
+def test_conv_every_candidate_bit_exact(case, tmp_path):
     """Every knob set of int8_conv2d's search space (tile width, 1 or 2 channel blocks, threads
-    over output rows or channel blocks)."""
+    over output rows or channel blocks), on channel words and on words of taps."""
     from edgec.lower import int8
 
     with __import__("tvm").target.Target(lower.target_json(_target(), 1)):
@@ -220,14 +241,14 @@ def test_conv_every_candidate_bit_exact(tmp_path):
             spaces.append(space)
         return default
 
-    test_conv_bit_exact(CONVS[1], "uint8", tmp_path, choose=first)
+    test_conv_bit_exact(case, "uint8", tmp_path, choose=first)
     space = spaces[0]
-    assert len(space) >= 2 and {k["fk"] for k in space} == {1, 2}
-    assert {k["par"] for k in space} == {"y", "f"}  # threads split rows or channel blocks
+    assert len(space) >= 2 and {k["par"] for k in space} == {"y", "f"}  # rows or channels
+    assert {k["fk"] for k in space} == ({1, 2} if case[1] % 32 == 0 else {1})
     for i, knobs in enumerate(space[1:]):
         (tmp_path / str(i)).mkdir()
         pick = lambda n, info, sp, d, k=knobs: k if "fk" in d else d  # noqa: E731
-        test_conv_bit_exact(CONVS[1], "uint8", tmp_path / str(i), choose=pick)
+        test_conv_bit_exact(case, "uint8", tmp_path / str(i), choose=pick)
 
 
 @pytest.mark.parametrize(
