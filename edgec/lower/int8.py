@@ -152,9 +152,8 @@ class Int8Conv2d:
                                  lambda n, c, h, w: (n, c // CB, h, w, c % CB))  # fmt: skip
         else:  # the padded input read as it is: only plain copies (topi's pad_temp) inlined
             for b in blocks[: info["anchor"]]:
-                if isinstance(sch.get(b["block"]).body.value, tirx.Select) or _has_call(
-                    sch.get(b["block"]).body.value, "prim.if_then_else"
-                ):
+                value = sch.get(b["block"]).body.value
+                if isinstance(value, tirx.Select) or _has_call(value, "prim.if_then_else"):
                     raise Decline("taps: padding inside the kernel (pad the input first)")
                 sch.compute_inline(b["block"])
         # weights: [F/16, C/4, KH, KW, 16 * 4] (taps: [F/16, C, KH, KW/4, 16 * 4]), packed at

@@ -20,6 +20,7 @@ Exact (a max of the same elements). Knob ``vec``: lanes per output vector.
 
 from __future__ import annotations
 
+import numpy as np
 import tvm
 from tvm import s_tir, tirx
 from tvm.script import tirx as T
@@ -37,8 +38,9 @@ def _decline(why: str) -> Exception:
     return _schedules().Decline(why)
 
 
-def _stride(index, var) -> tuple[int, int]:
-    """(coefficient of ``var``, constant) of an index linear in ``var`` (and other vars)."""
+def _linear(index, var) -> tuple[int, object]:
+    """(coefficient of ``var``, the rest) of an index linear in ``var``: a window's stride or
+    dilation, and the padding's offset."""
     from tvm.sym import detect_linear_equation
 
     coeff, const = detect_linear_equation(index, [var])
@@ -63,8 +65,8 @@ class MaxPool:
         n, c, ho, wo, kh, kw = (int(iv.dom.extent) for iv in pool.iter_vars)
         ivs = [iv.var for iv in pool.iter_vars]
         index = pool.reads[0].region
-        (sh, _), (dh, _) = _stride(index[2].min, ivs[2]), _stride(index[2].min, ivs[4])
-        (sw, _), (dw, _) = _stride(index[3].min, ivs[3]), _stride(index[3].min, ivs[5])
+        (sh, _), (dh, _) = _linear(index[2].min, ivs[2]), _linear(index[2].min, ivs[4])
+        (sw, _), (dw, _) = _linear(index[3].min, ivs[3]), _linear(index[3].min, ivs[5])
         if (dh, dw) != (1, 1):
             raise _decline(f"dilation {dh}x{dw}")
         shape = [int(d) for d in func.params[0].shape]
@@ -83,8 +85,8 @@ class MaxPool:
             if load is None or not isinstance(pad, tirx.FloatImm | tirx.IntImm):
                 raise _decline("padding of a computed value or with a computed constant")
             pivs = [iv.var for iv in sch.get(blocks[0]["block"]).iter_vars]
-            top = -int(_stride(load.indices[2], pivs[2])[1])
-            left = -int(_stride(load.indices[3], pivs[3])[1])
+            top = -int(_linear(load.indices[2], pivs[2])[1])
+            left = -int(_linear(load.indices[3], pivs[3])[1])
         if not all(isinstance(v, tirx.FloatImm | tirx.IntImm) for v in (init, pad)):
             raise _decline("the pool's initial value is not a constant")
         return {
@@ -110,8 +112,6 @@ def _pow2_at_most(n: int) -> int:
 
 
 def _bytes(dtype: str) -> int:
-    import numpy as np
-
     return np.dtype(dtype).itemsize
 
 
